@@ -1,0 +1,225 @@
+"""Architecture discrepancy between a base and an auxiliary head (spec §3, §4).
+
+Two label-free measures, both taken on held-out images:
+
+* **Loss discrepancy** (spec §4): the held-out base ← head cross-entropy ``L_cls1`` of spec §3,
+  i.e. how hard it is for the base to predict the head's sharpened, centred targets. Raw
+  ``D_loss`` is dominated by the entropy ``H(Ta)`` of the head's targets and can rank heads
+  backwards, so heads are ranked by ``D_kl = D_loss - H(Ta)``, the mean KL divergence from the
+  head target to the base prediction; all three numbers are reported.
+* **CKA discrepancy** (spec §4): ``1 - linear CKA`` of base and head global features on a fixed
+  probe set.
+
+The building blocks (:func:`target_probs`, :func:`cross_entropy`, :func:`entropy`) are the
+spec §3 formulas and stay differentiable, so the objective can reuse them; the aggregate
+measures return plain floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from training.errors import HSSLError
+
+
+class DegenerateFeaturesError(HSSLError, ValueError):
+    """Features with no variation across samples, for which CKA is undefined.
+
+    Raised rather than returning NaN so that a collapsed representation is reported where it
+    is found instead of silently turning a ranking into NaNs; callers that want to go on can
+    catch it (it is also a ``ValueError``).
+    """
+
+
+def target_probs(teacher_logits: Tensor, center: Tensor, temperature: float) -> Tensor:
+    """Centred, sharpened teacher targets ``softmax((logits - center) / T)`` (spec §3, ``Ta``).
+
+    Args:
+        teacher_logits: ``(..., K)`` raw teacher logits.
+        center: centre broadcastable to ``teacher_logits`` (usually ``(K,)`` or ``(1, K)``).
+        temperature: teacher temperature ``τt`` > 0.
+
+    Returns:
+        Probabilities of the same shape as ``teacher_logits``, summing to 1 over the last dim.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return ((teacher_logits - center) / temperature).softmax(dim=-1)
+
+
+def cross_entropy(target: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
+    """Per-sample ``H(P, Q) = -Σ_k P_k log Q_k`` with ``Q = softmax(student_logits / T)`` (§3).
+
+    Computed with ``log_softmax`` so that it stays finite for confident students, and summed
+    over the last dimension only: a ``(B, K)`` input gives ``(B,)``, a ``(B, N, K)`` patch map
+    gives ``(B, N)``.
+
+    Args:
+        target: ``(..., K)`` target probabilities ``P``.
+        student_logits: ``(..., K)`` student logits, same shape as ``target``.
+        temperature: student temperature ``τs`` > 0.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if target.shape != student_logits.shape:
+        raise ValueError(
+            f"target and student logits differ in shape: {tuple(target.shape)} vs "
+            f"{tuple(student_logits.shape)}"
+        )
+    return -(target * (student_logits / temperature).log_softmax(dim=-1)).sum(dim=-1)
+
+
+def entropy(p: Tensor) -> Tensor:
+    """Per-sample Shannon entropy ``-Σ_k p_k log p_k`` in nats, with ``0 log 0 = 0`` (spec §4).
+
+    ``torch.xlogy`` gives exactly 0 for ``p_k = 0``, so one-hot targets have entropy 0 rather
+    than NaN. Summed over the last dimension: ``(..., K)`` → ``(...)``.
+    """
+    return -torch.xlogy(p, p).sum(dim=-1)
+
+
+def loss_discrepancy(
+    head_targets: Sequence[Tensor], base_logits: Sequence[Tensor], student_temp: float
+) -> dict[str, float]:
+    """Loss discrepancy ``D_loss``, target entropy ``H_target`` and ``D_kl`` (spec §3, §4).
+
+    ``head_targets[q]`` are the head's target probabilities for view ``q`` (already centred and
+    sharpened, e.g. by :func:`target_probs`); ``base_logits[v]`` are the base student's logits
+    for view ``v``. As in the L_cls1 term of spec §3, only cross-view pairs ``q != v`` count:
+
+        D_loss   = mean over pairs (q, v) of mean_batch H(target_q, softmax(base_v / τs))
+        H_target = mean over the same pairs of mean_batch entropy(target_q)
+        D_kl     = D_loss - H_target = mean over pairs of mean_batch KL(target_q || base_v)
+
+    so ``D_kl >= 0``, with equality exactly when the base predicts every target exactly.
+    ``H_target`` is weighted over the same pairs as ``D_loss`` so that the difference is a KL.
+
+    Views are matched by index. There may be more base views than target views (the DINO/iBOT
+    convention: the first ``len(head_targets)`` base views are the same crops as the targets,
+    any further ones are extra student crops); then every target view pairs with every base
+    view of a different index. **Single view**: when there is one target view and one base
+    view no ``q != v`` pair exists, and the same-view pair ``(0, 0)`` is used instead.
+
+    Computed without gradients in float64, since ``D_kl`` is a small difference of two numbers
+    near ``ln K``.
+
+    Args:
+        head_targets: ``n_t >= 1`` tensors of shape ``(B, K)``, rows are probabilities.
+        base_logits: ``n_s >= n_t`` tensors of shape ``(B, K)``.
+        student_temp: student temperature ``τs`` > 0.
+
+    Returns:
+        ``{"d_loss": ..., "h_target": ..., "d_kl": ...}`` as Python floats (nats).
+
+    Raises:
+        ValueError: on empty inputs, fewer base views than target views, shape mismatches,
+            targets that are not probability rows, or a non-positive temperature.
+    """
+    if not student_temp > 0:
+        raise ValueError(f"student_temp must be > 0, got {student_temp}")
+    n_t, n_s = len(head_targets), len(base_logits)
+    if n_t == 0:
+        raise ValueError("loss_discrepancy needs at least one head-target view, got none")
+    if n_s < n_t:
+        raise ValueError(
+            f"loss_discrepancy needs at least as many base views as target views "
+            f"(views are matched by index), got {n_s} base and {n_t} target views"
+        )
+    shape = tuple(head_targets[0].shape)
+    if len(shape) != 2 or shape[0] == 0:
+        raise ValueError(f"each view must be a non-empty (B, K) tensor, got shape {shape}")
+    for name, views in (("head_targets", head_targets), ("base_logits", base_logits)):
+        for i, view in enumerate(views):
+            if tuple(view.shape) != shape:
+                raise ValueError(
+                    f"{name}[{i}] has shape {tuple(view.shape)}, expected {shape} like "
+                    f"head_targets[0]"
+                )
+
+    with torch.no_grad():
+        targets = [t.detach().to(torch.float64) for t in head_targets]
+        logits = [s.detach().to(torch.float64) for s in base_logits]
+        for q, t in enumerate(targets):
+            if bool((t < 0).any()) or not torch.allclose(
+                t.sum(dim=-1), torch.ones((), dtype=torch.float64), atol=1e-3
+            ):
+                raise ValueError(
+                    f"head_targets[{q}] rows must be probabilities (non-negative, summing to "
+                    f"1); pass target_probs(...) output, not logits"
+                )
+
+        pairs = [(q, v) for q in range(n_t) for v in range(n_s) if q != v]
+        if not pairs:  # one target view and one base view: fall back to the same view
+            pairs = [(0, 0)]
+        target_entropy = [entropy(t).mean() for t in targets]
+        d_loss = torch.stack(
+            [cross_entropy(targets[q], logits[v], student_temp).mean() for q, v in pairs]
+        ).mean()
+        h_target = torch.stack([target_entropy[q] for q, _ in pairs]).mean()
+
+    d_loss_f, h_target_f = d_loss.item(), h_target.item()
+    return {"d_loss": d_loss_f, "h_target": h_target_f, "d_kl": d_loss_f - h_target_f}
+
+
+def linear_cka(x: Tensor, y: Tensor) -> float:
+    """Linear centred kernel alignment of two feature sets on the same samples (spec §4).
+
+    With ``X`` (n x d1) and ``Y`` (n x d2) column-centred,
+
+        CKA(X, Y) = ||Yᵀ X||_F² / (||Xᵀ X||_F · ||Yᵀ Y||_F)
+
+    (Kornblith et al., 2019). It lies in [0, 1], is 1 for ``CKA(X, X)``, is invariant to
+    orthogonal transforms and isotropic scaling of either feature set (so it compares
+    representations, not coordinates), and for one-dimensional features equals the squared
+    Pearson correlation. The feature-space form costs O(n·(d1 + d2)²), linear in ``n``, which
+    suits a probe set with many more images than feature dimensions. Computed in float64; the
+    result is clipped to [0, 1] to remove rounding overshoot.
+
+    Raises:
+        ValueError: if the inputs are not 2-D, differ in the number of rows, or hold NaN/inf.
+        DegenerateFeaturesError: if either feature set is constant across samples (including
+            ``n = 1``): the centred features are zero and CKA is 0/0, undefined. This is what a
+            fully collapsed representation looks like, so it is reported, not hidden as NaN.
+    """
+    if x.dim() != 2 or y.dim() != 2:
+        raise ValueError(
+            f"linear_cka needs 2-D (n, d) features, got shapes {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"linear_cka needs the same samples in both sets, got {x.shape[0]} and "
+            f"{y.shape[0]} rows"
+        )
+    with torch.no_grad():
+        centred = []
+        for name, feats in (("x", x), ("y", y)):
+            f = feats.detach().to(torch.float64)
+            if not bool(torch.isfinite(f).all()):
+                raise ValueError(f"linear_cka: {name} contains NaN or inf")
+            fc = f - f.mean(dim=0, keepdim=True)
+            # Constant columns centre to zero up to rounding relative to their magnitude.
+            if float(fc.norm()) <= 1e-9 * float(f.norm()) or float(fc.norm()) == 0.0:
+                raise DegenerateFeaturesError(
+                    f"linear CKA is undefined: features {name} ({tuple(feats.shape)}) do not vary "
+                    f"across the {feats.shape[0]} samples (constant or a single sample); the "
+                    f"representation may have collapsed"
+                )
+            centred.append(fc)
+        xc, yc = centred
+        cross = (yc.T @ xc).pow(2).sum()
+        norm_x = (xc.T @ xc).norm()
+        norm_y = (yc.T @ yc).norm()
+        value = float(cross / (norm_x * norm_y))
+    return min(max(value, 0.0), 1.0)
+
+
+def cka_discrepancy(x: Tensor, y: Tensor) -> float:
+    """``D_cka = 1 - linear_cka(x, y)`` (spec §4): 0 for the same representation, → 1 for unrelated.
+
+    Raises the same errors as :func:`linear_cka`.
+    """
+    return 1.0 - linear_cka(x, y)

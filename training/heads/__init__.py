@@ -1,0 +1,19 @@
+"""Auxiliary-head registry (spec §2, §6, §7): five block families built from timm layers.
+
+``create_head(spec, dim, drop_path_rates)`` builds an :class:`AuxHead`; ``list_heads()``
+describes the families and which :class:`~training.config.HeadSpec` fields apply to each.
+"""
+
+from training.heads.blocks import BLOCKS, HeadBlock, num_heads_for
+from training.heads.head import AuxHead, create_head
+from training.heads.registry import applies, list_heads
+
+__all__ = [
+    "BLOCKS",
+    "AuxHead",
+    "HeadBlock",
+    "applies",
+    "create_head",
+    "list_heads",
+    "num_heads_for",
+]

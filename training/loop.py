@@ -1,0 +1,175 @@
+"""One readable HSSL training loop: ``run_trial(config, report) -> TrialResult``.
+
+Shape of DINO's ``train_one_epoch``: per iteration set lr / weight decay, build two augmented
+views and their block masks, teacher forward (no grad), student forward, loss, backward,
+per-tensor clipping, prototype freeze, step, EMA, centre update. Each epoch reseeds from
+(seed, epoch), so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from training.data import iterate_batches
+from training.errors import HSSLError, TrainingError
+from training.masking import sample_masks
+from training.optim import clip_per_tensor, freeze_prototypes, set_schedules
+from training.recipe import TrialConfig, TrialResult
+from training.runtime import peak_memory_mb, seed_everything
+from training.session import Session, build_session, evaluate_session
+
+Report = Callable[[int, dict[str, Any]], bool]
+
+
+def run_trial(
+    config: TrialConfig,
+    report: Report | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    progress: bool = False,
+) -> TrialResult:
+    """Train one HSSL configuration and evaluate it.
+
+    ``report(epoch, metrics)`` is called after every epoch (epoch 0 = at initialisation); a true
+    return value stops the run (status ``stopped``), which is how a pruner cuts a trial short.
+    A non-finite loss, running out of memory or an unusable data set/spec end the trial with
+    status ``failed`` and a reason, never an exception into the caller. With ``output_dir`` a
+    checkpoint is written after every epoch and an existing one is resumed.
+    """
+    started = time.perf_counter()
+    try:
+        session = build_session(config, output_dir)
+        return _train(session, report, progress, started)
+    except TrainingError as exc:
+        return TrialResult(
+            status="failed", reason=str(exc), wall_time_s=time.perf_counter() - started
+        )
+    except HSSLError as exc:
+        return TrialResult(
+            status="failed", reason=str(exc), wall_time_s=time.perf_counter() - started
+        )
+    except torch.OutOfMemoryError:
+        return TrialResult(
+            status="failed",
+            reason="out of memory: lower batch_size or the model/head size",
+            wall_time_s=time.perf_counter() - started,
+        )
+
+
+def _train(s: Session, report: Report | None, progress: bool, started: float) -> TrialResult:
+    cfg = s.config
+    if s.start_epoch == 0 and cfg.eval_at_init:
+        s.init_metrics = evaluate_session(s, epoch=0, final=False, linear=cfg.linear_probe)
+        if _report(s, report, 0, s.init_metrics):
+            return _result(s, "stopped", started)
+    images_seen, train_time = 0, 0.0
+    for epoch in range(s.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        losses = train_one_epoch(s, epoch, progress)
+        train_time += time.perf_counter() - t0
+        images_seen += s.steps_per_epoch * cfg.batch_size * s.runtime.world_size
+        last = epoch + 1 == cfg.epochs
+        record: dict[str, Any] = {"epoch": epoch + 1, **losses}
+        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+            record.update(
+                evaluate_session(s, epoch + 1, final=last, linear=last and cfg.linear_probe)
+            )
+        s.history.append(record)
+        s.epochs_done = epoch + 1
+        if s.checkpoint_path and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+            s.save_checkpoint()
+        if _report(s, report, epoch + 1, record) and not last:
+            return _result(s, "stopped", started, images_seen / max(train_time, 1e-9))
+    return _result(s, "completed", started, images_seen / max(train_time, 1e-9))
+
+
+def train_one_epoch(s: Session, epoch: int, progress: bool) -> dict[str, float]:
+    """One pass over the training images; returns the epoch's mean loss terms."""
+    cfg, rt = s.config, s.runtime
+    seed_everything(cfg.seed * 10_007 + epoch)
+    mask_rng = random.Random(cfg.seed * 10_007 + epoch + rt.rank * 7919)
+    gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 10_007 + epoch + rt.rank)
+    teacher_temp = float(s.schedules.teacher_temp[epoch])
+    sums: dict[str, float] = {}
+    batches = iterate_batches(
+        s.train_set,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        epoch=epoch,
+        drop_last=True,
+        rank=rt.rank,
+        world_size=rt.world_size,
+        num_workers=cfg.num_workers,
+    )
+    bar = tqdm(
+        batches,
+        total=s.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not (progress and rt.main),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for it, (images, _) in enumerate(bar):
+        step = epoch * s.steps_per_epoch + it
+        set_schedules(s.optimizer, s.schedules.lr[step], s.schedules.wd[step])
+        views = torch.cat(s.augment(images.to(rt.device, non_blocking=True), gen))
+        if s.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        masks = None
+        if cfg.masking:
+            masks = sample_masks(len(views), s.grid, cfg.mask_prob, cfg.mask_ratio, mask_rng)
+            masks = masks.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            with torch.no_grad():
+                teacher_out = s.teacher(views)
+            student_out = s.student(views, masks)
+            parts = s.objective(student_out, teacher_out, masks, teacher_temp)
+        if not math.isfinite(float(parts.total)):
+            raise TrainingError(
+                f"loss became {float(parts.total)} at epoch {epoch + 1}, step {it + 1}: "
+                "lower lr or raise clip_grad / teacher temperature"
+            )
+        s.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        clip_per_tensor(s.student.parameters(), cfg.clip_grad)
+        if epoch < cfg.freeze_prototypes_epochs:
+            freeze_prototypes(s.student)
+        s.optimizer.step()
+        s.ema(float(s.schedules.momentum[step]))
+        s.objective.update_centers(teacher_out)
+        for key, value in parts.scalars().items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.set_postfix(loss=f"{float(parts.total):.3f}")
+    n = max(s.steps_per_epoch, 1)
+    return {key: value / n for key, value in sums.items()}
+
+
+def _report(s: Session, report: Report | None, epoch: int, metrics: dict[str, Any]) -> bool:
+    """Call the report callback on rank 0 and share its decision with every rank."""
+    stop = bool(report(epoch, metrics)) if (report and s.runtime.main) else False
+    return s.broadcast_flag(stop)
+
+
+def _result(s: Session, status: str, started: float, images_per_s: float = 0.0) -> TrialResult:
+    final = s.history[-1] if s.history else {}
+    return TrialResult(
+        status=status,
+        reason="stopped by the report callback" if status == "stopped" else None,
+        epochs_done=s.epochs_done,
+        init_metrics=s.init_metrics,
+        metrics=final,
+        history=tuple(s.history),
+        wall_time_s=time.perf_counter() - started,
+        images_per_s=images_per_s,
+        peak_memory_mb=peak_memory_mb(s.runtime.device),
+        checkpoint=str(s.checkpoint_path) if s.checkpoint_path else None,
+    )

@@ -1,0 +1,88 @@
+"""The HSSL objective's terms as pure functions (spec §3, [code]).
+
+Views are given as sequences (one tensor per global view). Targets are teacher probabilities
+(``target_probs``: centred, sharpened by τt); student inputs are raw logits (sharpened by τs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from training.discrepancy import cross_entropy, target_probs
+
+__all__ = ["center_update", "global_loss", "patch_loss", "target_probs", "weighted_total"]
+
+
+def global_loss(targets: Sequence[Tensor], student_logits: Sequence[Tensor], student_temp: float):
+    """Mean over cross-view pairs q ≠ v of the batch-mean H(target_q, softmax(student_v / τs)).
+
+    Used for L_cls1 (head target, base prediction), L_cls2 (head target, head prediction) and the
+    baseline's [CLS] loss (base target, base prediction).
+    """
+    total, pairs = 0.0, 0
+    for q, target in enumerate(targets):
+        for v, logits in enumerate(student_logits):
+            if q == v:
+                continue
+            total = total + cross_entropy(target, logits, student_temp).mean()
+            pairs += 1
+    if pairs == 0:
+        raise ValueError("global_loss needs at least two views (it uses cross-view pairs only)")
+    return total / pairs
+
+
+def patch_loss(
+    targets: Sequence[Tensor],
+    student_logits: Sequence[Tensor],
+    masks: Sequence[Tensor],
+    student_temp: float,
+) -> Tensor:
+    """iBOT's masked-patch loss, same view (q = v).
+
+    Per image: CE summed over masked tokens / max(#masked, 1); then the mean over the whole
+    batch (images without a mask count as 0); then the mean over views.
+    ``targets[v]``/``student_logits[v]``: B x N x K; ``masks[v]``: B x N (bool).
+    """
+    total = 0.0
+    for target, logits, mask in zip(targets, student_logits, masks, strict=True):
+        per_token = cross_entropy(target, logits, student_temp)  # B x N
+        weight = mask.to(per_token.dtype)
+        per_image = (per_token * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
+        total = total + per_image.mean()
+    return total / len(targets)
+
+
+@torch.no_grad()
+def center_update(center: Tensor, teacher_logits: Tensor, momentum: float) -> Tensor:
+    """EMA of the raw (uncentred) teacher logits: c ← m·c + (1−m)·mean(logits).
+
+    The mean runs over every leading dimension (views, images and, for patches, all tokens,
+    masked or not). Under DDP the caller all-reduces the mean before calling.
+    """
+    batch_mean = teacher_logits.float().reshape(-1, teacher_logits.shape[-1]).mean(0, keepdim=True)
+    return center * momentum + batch_mean * (1 - momentum)
+
+
+def weighted_total(
+    cls1: Sequence[Tensor],
+    cls2: Sequence[Tensor],
+    mim: Tensor | None,
+    lambda_cls: float = 1.0,
+    lambda_mim: float = 1.0,
+) -> Tensor:
+    """L = λcls·(0.5·(1/K)Σk L_cls1^k + 0.5·(1/K)Σk L_cls2^k) + λmim·L_mim  (spec §3, §5).
+
+    With one head this is the paper's 0.5·L_cls1 + 0.5·L_cls2 + L_mim; the baseline passes its
+    single [CLS] loss as ``cls1`` and nothing as ``cls2`` (weight 1 on it, as in plain iBOT).
+    """
+    if cls2:
+        cls = 0.5 * torch.stack(list(cls1)).mean() + 0.5 * torch.stack(list(cls2)).mean()
+    else:
+        cls = torch.stack(list(cls1)).mean()
+    total = lambda_cls * cls
+    if mim is not None:
+        total = total + lambda_mim * mim
+    return total

@@ -1,0 +1,133 @@
+"""The HSSL network: base + K auxiliary heads + projectors + one shared prototype layer (spec §2).
+
+Student and teacher are two instances of :class:`HSSLNetwork`; the teacher is an EMA copy with
+drop-path off and no gradients (see ``training.teacher``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.base import create_base
+from training.config import BaseSpec, HeadSpec
+from training.heads import create_head
+
+
+class Projector(nn.Module):
+    """3-layer MLP in → hidden → hidden → bottleneck with GELU, then L2 normalisation (spec §2)."""
+
+    def __init__(self, in_dim: int, hidden: int, bottleneck: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, bottleneck),
+        )
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.mlp(x), dim=-1)
+
+
+class Prototypes(nn.Module):
+    """The shared weight-normalised prototype layer bottleneck → K, gain fixed to 1 (spec §2).
+
+    Equal to ``weight_norm(Linear(bias=False))`` with g = 1 and frozen: each prototype row is
+    L2-normalised in the forward pass. One instance serves the base's [CLS] and patch tokens and
+    every head, which is what makes "the base predicts the head" a plain cross-entropy.
+    """
+
+    def __init__(self, bottleneck: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, bottleneck))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, F.normalize(self.weight, dim=1))
+
+
+@dataclass
+class NetworkOutput:
+    """Logits and features of one forward pass over all views stacked on the batch axis."""
+
+    base_logits: Tensor  # V*B x K   base global ([CLS]) through the base projector
+    patch_logits: Tensor | None  # V*B x N x K   base patch tokens (None in evaluation)
+    head_logits: list[Tensor]  # per head: V*B x K
+    base_features: Tensor  # V*B x C   base global features (before the projector)
+    head_features: list[Tensor]  # per head: V*B x C
+
+
+class HSSLNetwork(nn.Module):
+    """One base, K heads, a projector per branch, one prototype layer.
+
+    ``head_input`` picks what the heads read: the base's pre-norm token map (``prenorm``, the
+    paper's choice for ViTs) or its normed patch tokens (``postnorm``).
+    """
+
+    def __init__(
+        self,
+        base: BaseSpec,
+        heads: tuple[HeadSpec, ...],
+        *,
+        out_dim: int,
+        proj_hidden: int,
+        proj_bottleneck: int,
+        head_input: str = "prenorm",
+    ) -> None:
+        super().__init__()
+        self.base = create_base(base)
+        dim = self.base.embed_dim
+        self.head_input = head_input
+        self.heads = nn.ModuleList(
+            create_head(spec, dim, _continued_drop_path(base.drop_path_rate, self.base.depth, spec))
+            for spec in heads
+        )
+        self.base_projector = Projector(dim, proj_hidden, proj_bottleneck)
+        self.head_projectors = nn.ModuleList(
+            Projector(dim, proj_hidden, proj_bottleneck) for _ in heads
+        )
+        self.prototypes = Prototypes(proj_bottleneck, out_dim)
+
+    def forward(self, images: Tensor, masks: Tensor | None = None) -> NetworkOutput:
+        """Training pass: logits of the base [CLS], of every base patch token and of every head."""
+        out = self.base(images, masks)
+        patch_logits = self.prototypes(self.base_projector(out.tokens))
+        return self._globals(out, patch_logits)
+
+    def embed(self, images: Tensor) -> tuple[NetworkOutput, Tensor]:
+        """Evaluation pass (no mask, no patch logits): outputs and the mean patch token."""
+        out = self.base(images)
+        return self._globals(out, None), out.tokens.mean(1)
+
+    def _globals(self, out, patch_logits: Tensor | None) -> NetworkOutput:
+        base_logits = self.prototypes(self.base_projector(out.global_))
+        head_in = (
+            out.token_map if self.head_input == "prenorm" else _as_map(out.tokens, out.token_map)
+        )
+        head_features, head_logits = [], []
+        for head, projector in zip(self.heads, self.head_projectors, strict=True):
+            _, feature = head(head_in)
+            head_features.append(feature)
+            head_logits.append(self.prototypes(projector(feature)))
+        return NetworkOutput(base_logits, patch_logits, head_logits, out.global_, head_features)
+
+
+def _as_map(tokens: Tensor, like: Tensor) -> Tensor:
+    """B x N x C tokens → B x C x H x W in the shape of ``like``."""
+    b, c, h, w = like.shape
+    return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _continued_drop_path(rate: float, base_depth: int, spec: HeadSpec) -> list[float]:
+    """Head blocks continue the base's linear drop-path schedule (spec §2)."""
+    total = base_depth + spec.depth
+    return [rate * (base_depth + i) / max(total - 1, 1) for i in range(spec.depth)]

