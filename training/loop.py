@@ -119,38 +119,54 @@ def train_one_epoch(s: Session, epoch: int, progress: bool) -> dict[str, float]:
         dynamic_ncols=True,
     )
     for it, (images, _) in enumerate(bar):
-        step = epoch * s.steps_per_epoch + it
-        set_schedules(s.optimizer, s.schedules.lr[step], s.schedules.wd[step])
-        views = torch.cat(s.augment(images.to(rt.device, non_blocking=True), gen))
-        if s.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        masks = None
-        if cfg.masking:
-            masks = sample_masks(len(views), s.grid, cfg.mask_prob, cfg.mask_ratio, mask_rng)
-            masks = masks.to(rt.device, non_blocking=True)
-        with rt.autocast():
-            with torch.no_grad():
-                teacher_out = s.teacher(views)
-            student_out = s.student(views, masks)
-            parts = s.objective(student_out, teacher_out, masks, teacher_temp)
-        if not math.isfinite(float(parts.total)):
-            raise TrainingError(
-                f"loss became {float(parts.total)} at epoch {epoch + 1}, step {it + 1}: "
-                "lower lr or raise clip_grad / teacher temperature"
-            )
-        s.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        clip_per_tensor(s.student.parameters(), cfg.clip_grad)
-        if epoch < cfg.freeze_prototypes_epochs:
-            freeze_prototypes(s.student)
-        s.optimizer.step()
-        s.ema(float(s.schedules.momentum[step]))
-        s.objective.update_centers(teacher_out)
-        for key, value in parts.scalars().items():
+        parts = train_step(s, images, epoch, it, gen, mask_rng, teacher_temp)
+        for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
-        bar.set_postfix(loss=f"{float(parts.total):.3f}")
+        bar.set_postfix(loss=f"{parts['loss']:.3f}")
     n = max(s.steps_per_epoch, 1)
     return {key: value / n for key, value in sums.items()}
+
+
+def train_step(
+    s: Session,
+    images: torch.Tensor,
+    epoch: int,
+    it: int,
+    gen: torch.Generator,
+    mask_rng: random.Random,
+    teacher_temp: float,
+) -> dict[str, float]:
+    """One optimisation step on a uint8 batch; returns its loss terms."""
+    cfg, rt = s.config, s.runtime
+    step = epoch * s.steps_per_epoch + it
+    set_schedules(s.optimizer, s.schedules.lr[step], s.schedules.wd[step])
+    views = torch.cat(s.augment(images.to(rt.device, non_blocking=True), gen))
+    if s.channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
+    masks = None
+    if cfg.masking:
+        masks = sample_masks(len(views), s.grid, cfg.mask_prob, cfg.mask_ratio, mask_rng)
+        masks = masks.to(rt.device, non_blocking=True)
+    with rt.autocast():
+        with torch.no_grad():
+            teacher_out = s.teacher(views)
+        student_out = s.student(views, masks)
+        parts = s.objective(student_out, teacher_out, masks, teacher_temp)
+    scalars = parts.scalars()
+    if not math.isfinite(scalars["loss"]):
+        raise TrainingError(
+            f"loss became {scalars['loss']} at epoch {epoch + 1}, step {it + 1}: "
+            "lower lr or raise clip_grad / teacher temperature"
+        )
+    s.optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    clip_per_tensor(s.student.parameters(), cfg.clip_grad)
+    if epoch < cfg.freeze_prototypes_epochs:
+        freeze_prototypes(s.student)
+    s.optimizer.step()
+    s.ema(float(s.schedules.momentum[step]))
+    s.objective.update_centers(teacher_out)
+    return scalars
 
 
 def _report(s: Session, report: Report | None, epoch: int, metrics: dict[str, Any]) -> bool:

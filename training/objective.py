@@ -29,14 +29,18 @@ class LossParts:
     mim: Tensor | None
 
     def scalars(self) -> dict[str, float]:
-        out = {"loss": float(self.total)}
+        """The terms as floats, fetched from the device in one transfer."""
+        names, values = ["loss"], [self.total.detach()]
         if self.cls1:
-            out["loss_cls1"] = float(torch.stack(self.cls1).mean())
+            names.append("loss_cls1")
+            values.append(torch.stack(self.cls1).detach().mean())
         if self.cls2:
-            out["loss_cls2"] = float(torch.stack(self.cls2).mean())
+            names.append("loss_cls2")
+            values.append(torch.stack(self.cls2).detach().mean())
         if self.mim is not None:
-            out["loss_mim"] = float(self.mim)
-        return out
+            names.append("loss_mim")
+            values.append(self.mim.detach())
+        return dict(zip(names, torch.stack(values).float().tolist(), strict=True))
 
 
 class HSSLObjective(nn.Module):

@@ -23,9 +23,9 @@ def param_groups(model: nn.Module) -> list[dict]:
 def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     """Apply this iteration's lr to every group and weight decay to the decayed group only."""
     for i, group in enumerate(optimizer.param_groups):
-        group["lr"] = lr
+        group["lr"] = float(lr)
         if i == 0:
-            group["weight_decay"] = weight_decay
+            group["weight_decay"] = float(weight_decay)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ a checkpoint); ``evaluate_session`` runs the probes and discrepancies on it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,18 @@ class Session:
             "teacher": self.teacher.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "history": self.history,
-            "init_metrics": self.init_metrics,
+            "history": _plain(self.history),
+            "init_metrics": _plain(self.init_metrics),
         }
 
     def save_checkpoint(self) -> None:
         if self.runtime.main and self.checkpoint_path:
             checkpoint.save(self.checkpoint_path, self.state())
+
+
+def _plain(data: Any) -> Any:
+    """Metrics as plain JSON types (numpy scalars cannot be loaded with weights_only=True)."""
+    return json.loads(json.dumps(data, default=float))
 
 
 def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session:

@@ -36,7 +36,8 @@ class ImageSet:
     """Images with integer labels; ``ds[i]`` is (uint8 3 x S x S tensor, int label).
 
     Exactly one of ``images`` (in memory) and ``files`` (decoded lazily, all inside ``root``)
-    is set. ``source`` names where the set came from, for messages.
+    is set. ``source`` names where the set came from, for messages; ``ids`` are the images'
+    positions in the full source (so a split can be recorded and checked), by default 0..N-1.
     """
 
     classes: tuple[str, ...]
@@ -46,8 +47,13 @@ class ImageSet:
     files: tuple[Path, ...] | None = None
     root: Path | None = None
     source: str = ""
+    ids: Tensor | None = None
 
     def __post_init__(self) -> None:
+        if self.ids is None:
+            object.__setattr__(self, "ids", torch.arange(len(self.labels)))
+        elif self.ids.shape != self.labels.shape:
+            raise ValueError("ids must have one entry per label")
         if (self.images is None) == (self.files is None):
             raise ValueError("an ImageSet holds either images or files, not both or neither")
         if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
@@ -79,10 +85,11 @@ class ImageSet:
         """The images at ``indices`` (a 1-D int64 tensor), same classes and source."""
         indices = indices.to(torch.int64)
         labels = self.labels.index_select(0, indices)
+        ids = self.ids.index_select(0, indices)
         if self.images is not None:
-            return replace(self, images=take_rows(self.images, indices), labels=labels)
+            return replace(self, images=take_rows(self.images, indices), labels=labels, ids=ids)
         files = tuple(self.files[i] for i in indices.tolist())
-        return replace(self, files=files, labels=labels)
+        return replace(self, files=files, labels=labels, ids=ids)
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:

@@ -1,0 +1,89 @@
+"""The trial loop end to end on tiny synthetic data: completes, reports, stops, fails cleanly,
+resumes exactly."""
+
+import pytest
+import torch
+
+from training import checkpoint
+from training.config import BaseSpec, HeadSpec
+from training.loop import run_trial
+from training.recipe import TrialConfig
+
+TINY = TrialConfig(
+    base=BaseSpec(name="vit_tiny_patch16_224", img_size=16, patch_size=4, depth=1, width=32),
+    heads=(HeadSpec("convnext", depth=1, kernel=3),),
+    data="synthetic", data_limit=160, heldout=0.25, epochs=2, batch_size=16,
+    out_dim=64, proj_hidden=32, proj_bottleneck=16, eval_bank_limit=None,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_completes_with_metrics_and_reports_every_epoch():
+    reports = []
+    result = run_trial(TINY, lambda epoch, m: reports.append((epoch, m)) or False)
+    assert result.status == "completed" and result.epochs_done == 2
+    assert [epoch for epoch, _ in reports] == [0, 1, 2]
+    init, final = result.init_metrics, result.metrics
+    assert 0.0 <= init["knn_cls"] <= 1.0 and "linear" in init  # the random-init floor
+    for key in ("knn_cls", "knn_patch", "linear", "d_loss", "h_target", "d_kl", "d_cka", "loss"):
+        assert key in final, key
+    assert final["d_kl"] == pytest.approx(final["d_loss"] - final["h_target"])
+    assert final["heads"][0]["head"] == "convnext-d1-k3-nores"
+    assert len(result.history) == 2 and result.images_per_s > 0 and result.peak_memory_mb > 0
+
+
+def test_report_callback_stops_the_run():
+    result = run_trial(TINY, lambda epoch, metrics: epoch >= 1)
+    assert result.status == "stopped" and result.epochs_done == 1
+
+
+def test_non_finite_loss_fails_the_trial_with_a_reason():
+    result = run_trial(TINY.with_(student_temp=1e-45))
+    assert result.status == "failed"
+    assert "loss became" in result.reason and "epoch 1" in result.reason
+
+
+def test_bad_data_fails_the_trial_with_a_reason(tmp_path):
+    result = run_trial(TINY.with_(data=str(tmp_path / "missing")))
+    assert result.status == "failed" and str(tmp_path / "missing") in result.reason
+
+
+def test_baseline_and_dino_variants_run():
+    baseline = run_trial(TINY.with_(heads=(), epochs=1, linear_probe=False))
+    assert baseline.status == "completed" and "d_loss" not in baseline.metrics
+    assert "loss_cls2" not in baseline.metrics and "loss_mim" in baseline.metrics
+    dino = run_trial(TINY.with_(variant="dino", epochs=1, linear_probe=False))
+    assert dino.status == "completed" and "loss_mim" not in dino.metrics
+
+
+def test_two_heads_are_scored_separately():
+    heads = (HeadSpec("convnext", depth=1, kernel=3), HeadSpec("mlp", depth=1))
+    result = run_trial(TINY.with_(heads=heads, epochs=1, linear_probe=False))
+    rows = result.metrics["heads"]
+    assert [r["head"] for r in rows] == ["convnext-d1-k3-nores", "mlp-d1-nores"]
+    assert rows[0]["d_cka"] != rows[1]["d_cka"]
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path):
+    straight = run_trial(TINY, output_dir=tmp_path / "a")
+    cut = run_trial(TINY, lambda epoch, m: epoch >= 1, output_dir=tmp_path / "b")
+    assert cut.status == "stopped" and checkpoint.load(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
+    resumed = run_trial(TINY, output_dir=tmp_path / "b")
+    assert resumed.status == "completed" and resumed.epochs_done == 2
+    assert resumed.metrics["loss"] == pytest.approx(straight.metrics["loss"], rel=1e-5)
+    a = checkpoint.load(tmp_path / "a" / "checkpoint.pt")["teacher"]
+    b = checkpoint.load(tmp_path / "b" / "checkpoint.pt")["teacher"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    run_trial(TINY.with_(epochs=1, linear_probe=False), output_dir=tmp_path)
+    result = run_trial(TINY.with_(epochs=1, linear_probe=False, seed=5), output_dir=tmp_path)
+    assert result.status == "failed" and "another configuration" in result.reason
