@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,6 +77,8 @@ def train(
     cfg = build_config(**options)
     out = out or Path("runs") / _run_name(cfg)
     result = run_trial(cfg, output_dir=out, progress=progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        raise typer.Exit(1 if result.status == "failed" else 0)
     typer.echo(json.dumps({"config": cfg.to_dict(), **result.to_dict()}, indent=2))
     if result.status == "failed":
         typer.echo(f"error: trial failed: {result.reason}", err=True)

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from training.data import TwoCropAugment, eval_view, open_dataset
-from training.data import colour
+from training.data import TwoCropAugment, colour, eval_view, open_dataset
 
 # Switches every random component off: what is left is a resize and the normalisation.
 OFF = dict(scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0),

@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import ImageSet, iterate_batches, num_batches, open_dataset
-from training.data import builtin
+from training.data import ImageSet, builtin, iterate_batches, num_batches, open_dataset
 from training.data.builtin import load_numpy_pickle
 from training.errors import DataError, HSSLError
 
@@ -199,10 +198,10 @@ def test_corrupt_image_fails_at_decode_not_at_scan(two_class_folder):
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     full, _ = open_dataset(str(two_class_folder), 8, heldout=0)  # the scan copes
     position = [str(f) for f in full.files].index(str(bad))
-    with pytest.raises(DataError, match="broken.jpg") as err:
+    with pytest.raises(DataError, match=r"broken\.jpg") as err:
         full[position]
     assert str(bad) in str(err.value)
-    with pytest.raises(DataError, match="broken.jpg"):
+    with pytest.raises(DataError, match=r"broken\.jpg"):
         list(iterate_batches(full, 4, shuffle=False, seed=0, drop_last=False))
 
 
@@ -256,9 +255,7 @@ def _order(ds, **kw) -> list[int]:
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_rank_shards_are_disjoint(drop_last):
     ds, _ = open_dataset("synthetic", 8, heldout=0, limit=50)
-    shards = [
-        _order(ds, shuffle=True, drop_last=drop_last, rank=r, world_size=3) for r in range(3)
-    ]
+    shards = [_order(ds, shuffle=True, drop_last=drop_last, rank=r, world_size=3) for r in range(3)]
     for a in range(3):
         for b in range(a + 1, 3):
             assert not set(shards[a]) & set(shards[b])
@@ -273,9 +270,11 @@ def test_rank_shards_are_disjoint(drop_last):
 
 def test_folder_batches_follow_the_same_order(two_class_folder):
     ds, _ = open_dataset(str(two_class_folder), 8, heldout=0)
-    labels = torch.cat([b[1] for b in iterate_batches(ds, 3, shuffle=True, seed=1,
-                                                      epoch=2, drop_last=False)])  # fmt: skip
-    again = torch.cat([b[1] for b in iterate_batches(ds, 3, shuffle=True, seed=1,
-                                                     epoch=2, drop_last=False)])  # fmt: skip
-    assert torch.equal(labels, again) and sorted(labels.tolist()) == sorted(ds.labels.tolist())
-    assert num_batches(ds, 3, drop_last=False) == 4
+    kw = dict(shuffle=True, seed=1, epoch=2, drop_last=False)
+    serial = list(iterate_batches(ds, 3, **kw))
+    workers = list(iterate_batches(ds, 3, num_workers=1, **kw))
+    labels = torch.cat([b[1] for b in serial])
+    assert sorted(labels.tolist()) == sorted(ds.labels.tolist())
+    assert torch.equal(labels, torch.cat([b[1] for b in workers]))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(serial, workers, strict=True))
+    assert len(serial) == num_batches(ds, 3, drop_last=False) == 4

@@ -12,8 +12,15 @@ from training.recipe import TrialConfig
 TINY = TrialConfig(
     base=BaseSpec(name="vit_tiny_patch16_224", img_size=16, patch_size=4, depth=1, width=32),
     heads=(HeadSpec("convnext", depth=1, kernel=3),),
-    data="synthetic", data_limit=160, heldout=0.25, epochs=2, batch_size=16,
-    out_dim=64, proj_hidden=32, proj_bottleneck=16, eval_bank_limit=None,
+    data="synthetic",
+    data_limit=160,
+    heldout=0.25,
+    epochs=2,
+    batch_size=16,
+    out_dim=64,
+    proj_hidden=32,
+    proj_bottleneck=16,
+    eval_bank_limit=None,
 )
 
 
@@ -74,7 +81,9 @@ def test_two_heads_are_scored_separately():
 def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path):
     straight = run_trial(TINY, output_dir=tmp_path / "a")
     cut = run_trial(TINY, lambda epoch, m: epoch >= 1, output_dir=tmp_path / "b")
-    assert cut.status == "stopped" and checkpoint.load(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
+    assert (
+        cut.status == "stopped" and checkpoint.load(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
+    )
     resumed = run_trial(TINY, output_dir=tmp_path / "b")
     assert resumed.status == "completed" and resumed.epochs_done == 2
     assert resumed.metrics["loss"] == pytest.approx(straight.metrics["loss"], rel=1e-5)

@@ -188,4 +188,6 @@ def _result(s: Session, status: str, started: float, images_per_s: float = 0.0) 
         images_per_s=images_per_s,
         peak_memory_mb=peak_memory_mb(s.runtime.device),
         checkpoint=str(s.checkpoint_path) if s.checkpoint_path else None,
+        world_size=s.runtime.world_size,
+        steps_per_epoch=s.steps_per_epoch,
     )

@@ -166,6 +166,8 @@ class TrialResult:
     images_per_s: float = 0.0
     peak_memory_mb: float = 0.0
     checkpoint: str | None = None
+    world_size: int = 1
+    steps_per_epoch: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -9,6 +9,7 @@ same seed trains and evaluates on the same images.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -92,9 +93,15 @@ class ImageSet:
         return replace(self, files=files, labels=labels, ids=ids)
 
 
-def _generator(seed: int, stream: int) -> torch.Generator:
-    """An independent generator per (seed, stream), e.g. one for `limit` and one for the split."""
-    state = np.random.SeedSequence([seed % 2**63, stream]).generate_state(1, dtype=np.uint64)
+# Tags that keep the random streams of the data layer apart for one seed.
+SPLIT_STREAM, SHUFFLE_STREAM = 0x5917, 0xB47C
+
+
+def seeded_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator for (seed, *keys), hashed by numpy's SeedSequence so that nearby seeds
+    and keys give unrelated streams (e.g. the split's, and each epoch's shuffle)."""
+    entropy = [seed % 2**63, *(k % 2**63 for k in keys)]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0]) % 2**63)
 
 
@@ -181,16 +188,19 @@ def open_dataset(
     a built-in name must be written as a path, e.g. './digits'). ``limit`` caps the images
     used, picked stratified by ``seed`` before splitting (for 'synthetic' it is the number
     generated; default 1000). ``heldout`` is a fraction (< 1) or a count (>= 1). Both subsets
-    keep the source's order; the split is stratified and a function of ``seed`` alone.
+    keep the source's order; the split is stratified and a function of (source, limit, seed).
     """
-    if not isinstance(img_size, int) or img_size < 8:
+    if isinstance(img_size, bool) or not isinstance(img_size, numbers.Integral) or img_size < 8:
         raise DataError(f"img_size for {source} must be an integer >= 8, got {img_size!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 2
+    ):
         raise DataError(f"limit for {source} must be an integer >= 2 or None, got {limit!r}")
+    img_size, limit = int(img_size), None if limit is None else int(limit)
     ds = _load(source, img_size, limit)
     if limit is not None and limit < len(ds):
-        keep = stratified_pick(ds.labels, limit, _generator(seed, 1))
+        keep = stratified_pick(ds.labels, limit, seeded_generator(seed, SPLIT_STREAM, 1))
         ds = ds.subset(keep.nonzero().squeeze(1))
     count = _heldout_count(heldout, len(ds), ds.source)
-    held = stratified_pick(ds.labels, count, _generator(seed, 2))
+    held = stratified_pick(ds.labels, count, seeded_generator(seed, SPLIT_STREAM, 2))
     return ds.subset((~held).nonzero().squeeze(1)), ds.subset(held.nonzero().squeeze(1))

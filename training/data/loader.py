@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from training.data.datasets import ImageSet, take_rows
+from training.data.datasets import SHUFFLE_STREAM, ImageSet, seeded_generator, take_rows
 
 
 def _check(batch_size: int, rank: int, world_size: int) -> None:
@@ -39,10 +38,7 @@ def shard_indices(
 ) -> Tensor:
     """The indices (int64) rank ``rank`` visits in this epoch, in visiting order."""
     if shuffle:
-        state = np.random.SeedSequence([seed % 2**63, epoch % 2**63]).generate_state(
-            1, dtype=np.uint64
-        )
-        g = torch.Generator().manual_seed(int(state[0]) % 2**63)
+        g = seeded_generator(seed, SHUFFLE_STREAM, epoch)
         order = torch.randperm(n, generator=g)
     else:
         order = torch.arange(n)
