@@ -173,3 +173,7 @@ class TrialResult:
         data = asdict(self)
         data["history"] = list(self.history)
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
+        return cls(**{**data, "history": tuple(data.get("history", ()))})

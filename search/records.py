@@ -1,0 +1,81 @@
+"""What each trial records, as Optuna user attributes (readable by optuna-dashboard), and the
+:class:`TrialRecord` that ranking and recommendation read back from a study."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from training.config import HeadSpec
+from training.recipe import TrialResult
+
+METRICS = ("knn_cls", "knn_patch", "linear", "d_loss", "h_target", "d_kl", "d_cka")
+
+
+def head_metrics(metrics: dict[str, Any], label: str) -> dict[str, float]:
+    """The probe metrics of a run plus the discrepancies of one of its heads."""
+    out = {k: float(metrics[k]) for k in ("knn_cls", "knn_patch", "linear") if k in metrics}
+    for row in metrics.get("heads", []):
+        if row["head"] == label:
+            out.update({k: float(row[k]) for k in ("d_loss", "h_target", "d_kl", "d_cka")})
+    return out
+
+
+def result_attrs(result: TrialResult, head: HeadSpec | None, seed: int, strategy: str) -> dict:
+    """User attributes of one candidate's trial (for a joint run: one of its heads)."""
+    label = head.label() if head else "baseline"
+    return {
+        "head": head.to_dict() if head else None, "label": label, "seed": seed,
+        "strategy": strategy, "status": result.status, "failure_reason": result.reason,
+        "init": head_metrics(result.init_metrics, label),
+        "final": head_metrics(result.metrics, label),
+        "losses": [round(float(h.get("loss", float("nan"))), 6) for h in result.history],
+        "knn_curve": [float(h["knn_cls"]) for h in result.history if "knn_cls" in h],
+        "epochs_done": result.epochs_done, "wall_time_s": round(result.wall_time_s, 3),
+        "images_per_s": round(result.images_per_s, 2),
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the ranking sees it."""
+
+    number: int
+    label: str
+    head: HeadSpec | None
+    seed: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    strategy: str
+    final: dict[str, float] = field(default_factory=dict)
+    init: dict[str, float] = field(default_factory=dict)
+    losses: tuple[float, ...] = ()
+    wall_time_s: float = 0.0
+    images_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    failure_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "COMPLETE"
+
+    @classmethod
+    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord:
+        attrs = trial.user_attrs
+        head = attrs.get("head")
+        return cls(
+            number=trial.number, label=attrs.get("label", f"trial-{trial.number}"),
+            head=HeadSpec.from_dict(head) if head else None, seed=int(attrs.get("seed", 0)),
+            state=trial.state.name, strategy=attrs.get("strategy", ""),
+            final=dict(attrs.get("final", {})), init=dict(attrs.get("init", {})),
+            losses=tuple(attrs.get("losses", ())), wall_time_s=attrs.get("wall_time_s", 0.0),
+            images_per_s=attrs.get("images_per_s", 0.0),
+            peak_memory_mb=attrs.get("peak_memory_mb", 0.0),
+            failure_reason=attrs.get("failure_reason"),
+        )  # fmt: skip
+
+
+def records(study: optuna.Study) -> list[TrialRecord]:
+    return [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]

@@ -1,0 +1,91 @@
+"""Run one proxy trial, by default in a child process.
+
+Training always runs in a child (spawned, so CUDA state never leaks across trials): an OOM
+kill, a segfault or a hang past the wall-clock limit fails that trial with a reason and leaves
+the search going. The child streams ``report(epoch, metrics)`` to the parent, which answers
+whether to stop (Optuna pruning); ``should_cancel`` is polled every second.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.recipe import TrialConfig, TrialResult
+
+Report = Callable[[int, dict[str, Any]], bool]
+
+
+def run_trial_isolated(
+    config: TrialConfig, report: Report | None = None, *, output_dir: str | Path | None = None,
+    timeout_s: float | None = None, should_cancel: Callable[[], bool] | None = None,
+) -> TrialResult:
+    """``training.run_trial`` in a spawned child process; see the module docstring."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    out = str(output_dir) if output_dir else None
+    proc = ctx.Process(target=_child_main, args=(config.to_dict(), out, child), daemon=True)
+    started = time.monotonic()
+    proc.start()
+    child.close()
+    try:
+        while True:
+            if parent.poll(1.0):
+                try:
+                    kind, *payload = parent.recv()
+                except EOFError:
+                    break
+                if kind == "result":
+                    return TrialResult.from_dict(payload[0])
+                parent.send(bool(report(*payload)) if report else False)
+            elif not proc.is_alive():
+                break
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                return _failed(f"exceeded the wall-clock limit of {timeout_s:g} s", started)
+            if should_cancel is not None and should_cancel():
+                return TrialResult(status="cancelled", reason="cancelled",
+                                   wall_time_s=time.monotonic() - started)  # fmt: skip
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        parent.close()
+    return _failed(_death_reason(proc.exitcode), started)
+
+
+def run_trial_inline(
+    config: TrialConfig, report: Report | None = None, *, output_dir: str | Path | None = None,
+    timeout_s: float | None = None, should_cancel: Callable[[], bool] | None = None,
+) -> TrialResult:
+    """The same contract in this process (debugging, fast tests); no crash isolation."""
+    from training.loop import run_trial
+
+    return run_trial(config, report, output_dir=output_dir)
+
+
+def _child_main(config: dict[str, Any], output_dir: str | None, conn) -> None:
+    from training.loop import run_trial
+
+    def report(epoch: int, metrics: dict[str, Any]) -> bool:
+        conn.send(("report", epoch, metrics))
+        return bool(conn.recv())
+
+    result = run_trial(TrialConfig.from_dict(config), report, output_dir=output_dir)
+    conn.send(("result", result.to_dict()))
+    conn.close()
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (killed: out of memory?)" if name == "SIGKILL" else ""
+        return f"trial process died from {name}{hint}"
+    return f"trial process exited with code {exitcode} before reporting a result"
+
+
+def _failed(reason: str, started: float) -> TrialResult:
+    return TrialResult(status="failed", reason=reason, wall_time_s=time.monotonic() - started)

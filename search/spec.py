@@ -1,0 +1,169 @@
+"""The search specification: one pydantic model, also the body the REST API accepts.
+
+It names the base (a timm model at proxy scale), the data, the candidate heads (a grid over the
+head-spec knobs of spec §6–7, or an explicit list), the strategy, the budget, the objectives and
+the seed. Validation errors name the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from training.config import HEAD_FAMILIES, POOLINGS, BaseSpec, HeadSpec
+from training.errors import SpecError
+from training.heads import applies
+from training.recipe import TrialConfig
+from training.timm_build import check_name
+
+Family = Literal["convnext", "resnet", "transformer", "mlp", "pool"]
+Objective = Literal["d_kl", "d_cka", "d_loss", "knn", "linear"]
+STRATEGIES = ("joint", "independent", "optuna")
+LABEL_FREE = ("d_kl", "d_cka", "d_loss")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseModelSpec(Strict):
+    """The base at proxy scale (ViT overrides apply to ViT-style models only)."""
+
+    name: str = Field("vit_tiny_patch16_224", description="timm model name", examples=["resnet18"])
+    img_size: int = Field(32, ge=8, le=1024, description="proxy image size")
+    patch_size: int | None = Field(4, ge=1, le=64)
+    depth: int | None = Field(4, ge=1, le=64)
+    width: int | None = Field(128, ge=8, le=4096)
+    num_heads: int | None = Field(None, ge=1, le=64)
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)
+    extra: dict[str, Any] = Field(default_factory=dict, description="other timm constructor args")
+    full_img_size: int = Field(224, ge=8, le=1024, description="image size for full pre-training")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        try:
+            check_name(name)
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+    def proxy(self) -> BaseSpec:
+        return BaseSpec(**self.model_dump(exclude={"full_img_size"}))
+
+    def full(self) -> BaseSpec:
+        """The same model at full size: no proxy overrides, the full image size."""
+        return BaseSpec(name=self.name, img_size=self.full_img_size, extra=dict(self.extra))
+
+
+class CandidateSpace(Strict):
+    """Candidate heads: the product of the lists below, or ``heads`` (explicit specs)."""
+
+    families: list[Family] = Field(default_factory=lambda: list(HEAD_FAMILIES), min_length=1)
+    depths: list[int] = Field(default_factory=lambda: [2], min_length=1)
+    kernels: list[int] = Field(default_factory=lambda: [5], min_length=1)
+    first_residual: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    pooling: list[Literal["avg", "max"]] = Field(default_factory=lambda: ["avg"], min_length=1)
+    width_ratios: list[float | None] = Field(default_factory=lambda: [None], min_length=1)
+    heads: list[str | dict[str, Any]] | None = Field(
+        None, description="explicit head specs, e.g. 'convnext:depth=3,kernel=7'"
+    )
+
+    @model_validator(mode="after")
+    def _valid_heads(self) -> CandidateSpace:
+        try:
+            self.candidates()
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def candidates(self) -> list[HeadSpec]:
+        """Distinct head specs, in a stable order (knobs a family ignores are collapsed)."""
+        if self.heads is not None:
+            specs = [HeadSpec.parse(h) if isinstance(h, str) else HeadSpec.from_dict(h)
+                     for h in self.heads]  # fmt: skip
+        else:
+            grid = itertools.product(self.families, self.depths, self.kernels,
+                                     self.first_residual, self.pooling, self.width_ratios)  # fmt: skip
+            specs = [_collapse(HeadSpec(f, d, k, r, fr, p)) for f, d, k, fr, p, r in grid]
+        unique = list(dict.fromkeys(specs))
+        if not unique:
+            raise SpecError("the candidate space is empty; list at least one head")
+        return unique
+
+
+def _collapse(spec: HeadSpec) -> HeadSpec:
+    """Set knobs a family does not use to their defaults so duplicates merge."""
+    return spec if applies(spec.family, "kernel") else HeadSpec(**{**spec.to_dict(), "kernel": 7})
+
+
+class Budget(Strict):
+    epochs: int = Field(1, ge=1, le=1000, description="training epochs per proxy run")
+    trials: int = Field(8, ge=1, le=10_000, description="trials of the optuna strategy")
+    seeds: int = Field(1, ge=1, le=20, description="paired seeds per candidate")
+    batch_size: int = Field(64, ge=2, le=4096)
+    data_limit: int | None = Field(None, ge=20, description="use at most this many images")
+    wall_clock_s: float | None = Field(None, gt=0, description="stop starting trials after this")
+    prescreen_keep: int | None = Field(
+        None, ge=1, description="zero-cost pre-screen: train only the top N by initial D"
+    )
+    prescreen_images: int = Field(512, ge=20, le=100_000)
+
+
+class SearchSpec(Strict):
+    """What to search: the body of ``POST /v1/searches`` and of ``hssl search run spec.yaml``."""
+
+    name: str | None = Field(None, max_length=80, description="study name; derived if absent")
+    base: BaseModelSpec = Field(default_factory=BaseModelSpec)
+    data: str = Field("animal-mnist", min_length=1, max_length=4096)
+    space: CandidateSpace = Field(default_factory=CandidateSpace)
+    strategy: Literal["joint", "independent", "optuna"] = "joint"
+    optuna_mode: Literal["pareto", "pruned"] = Field(
+        "pareto", description="pareto: multi-objective; pruned: first objective, k-NN pruning"
+    )
+    objectives: list[Objective] = Field(default_factory=lambda: ["d_kl", "d_cka"], min_length=1)
+    budget: Budget = Field(default_factory=Budget)
+    include_baseline: bool = Field(False, description="also run plain iBOT (no head)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    trial_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="other TrialConfig fields for the proxy runs"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError("name may hold letters, digits, '.', '_' and '-' only")
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if self.strategy == "joint" and set(self.objectives) - set(LABEL_FREE):
+            raise ValueError("the joint strategy ranks by discrepancy: objectives must be "
+                             f"among {list(LABEL_FREE)} (one shared base has one probe score)")
+        reserved = {"base", "heads", "data", "epochs", "batch_size", "seed", "data_limit"}
+        if clash := sorted(reserved & set(self.trial_overrides)):
+            raise ValueError(f"trial_overrides may not set {clash}: use base/space/budget/seed")
+        try:
+            self.trial_config((), 0)
+        except SpecError as exc:
+            raise ValueError(f"trial_overrides: {exc}") from None
+        return self
+
+    def trial_config(self, heads: tuple[HeadSpec, ...], seed: int, **changes: Any) -> TrialConfig:
+        """The proxy run of ``heads`` (``()`` = the baseline) with one of the paired seeds."""
+        values = {
+            **self.trial_overrides, "base": self.base.proxy(), "heads": heads, "data": self.data,
+            "epochs": self.budget.epochs, "batch_size": self.budget.batch_size, "seed": seed,
+            "data_limit": self.budget.data_limit, **changes,
+        }  # fmt: skip
+        return TrialConfig.from_dict(values)
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.budget.seeds)]
+
+
+__all__ = ["POOLINGS", "STRATEGIES", "BaseModelSpec", "Budget", "CandidateSpace", "SearchSpec"]
