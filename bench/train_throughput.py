@@ -135,7 +135,9 @@ class HandwrittenStep:
         dev = s.runtime.device
         gen = torch.Generator(device=dev).manual_seed(1)
         self.views = torch.cat(s.augment(images.to(dev), gen))
-        masks = sample_masks(len(self.views), s.grid, cfg.mask_prob, cfg.mask_ratio, random.Random(1))
+        masks = sample_masks(
+            len(self.views), s.grid, cfg.mask_prob, cfg.mask_ratio, random.Random(1)
+        )
         self.masks = masks.to(dev)
         self.weights = self.masks.flatten(1).float().chunk(2)  # per view: B x N
         self.ts, self.tt = cfg.student_temp, float(s.schedules.teacher_temp[0])
@@ -226,9 +228,7 @@ def matmul_gflop_per_s(m: int, k: int, n: int, device: torch.device, min_s: floa
 def data_pipeline(s: Session, batch: int, n_batches: int, epoch: int) -> float:
     """Seconds to draw ``n_batches`` batches and make both views of each."""
     gen = torch.Generator(device=s.runtime.device).manual_seed(epoch)
-    batches = iterate_batches(
-        s.train_set, batch, shuffle=True, seed=0, epoch=epoch, drop_last=True
-    )
+    batches = iterate_batches(s.train_set, batch, shuffle=True, seed=0, epoch=epoch, drop_last=True)
     done, t0 = 0, time.perf_counter()
     for images, _ in batches:
         v1, v2 = s.augment(images.to(s.runtime.device), gen)

@@ -27,16 +27,21 @@ def result_attrs(result: TrialResult, head: HeadSpec | None, seed: int, strategy
     """User attributes of one candidate's trial (for a joint run: one of its heads)."""
     label = head.label() if head else "baseline"
     return {
-        "head": head.to_dict() if head else None, "label": label, "seed": seed,
-        "strategy": strategy, "status": result.status, "failure_reason": result.reason,
+        "head": head.to_dict() if head else None,
+        "label": label,
+        "seed": seed,
+        "strategy": strategy,
+        "status": result.status,
+        "failure_reason": result.reason,
         "init": head_metrics(result.init_metrics, label),
         "final": head_metrics(result.metrics, label),
         "losses": [round(float(h.get("loss", float("nan"))), 6) for h in result.history],
         "knn_curve": [float(h["knn_cls"]) for h in result.history if "knn_cls" in h],
-        "epochs_done": result.epochs_done, "wall_time_s": round(result.wall_time_s, 3),
+        "epochs_done": result.epochs_done,
+        "wall_time_s": round(result.wall_time_s, 3),
         "images_per_s": round(result.images_per_s, 2),
         "peak_memory_mb": round(result.peak_memory_mb, 1),
-    }  # fmt: skip
+    }
 
 
 @dataclass(frozen=True)
@@ -66,15 +71,20 @@ class TrialRecord:
         attrs = trial.user_attrs
         head = attrs.get("head")
         return cls(
-            number=trial.number, label=attrs.get("label", f"trial-{trial.number}"),
-            head=HeadSpec.from_dict(head) if head else None, seed=int(attrs.get("seed", 0)),
-            state=trial.state.name, strategy=attrs.get("strategy", ""),
-            final=dict(attrs.get("final", {})), init=dict(attrs.get("init", {})),
-            losses=tuple(attrs.get("losses", ())), wall_time_s=attrs.get("wall_time_s", 0.0),
+            number=trial.number,
+            label=attrs.get("label", f"trial-{trial.number}"),
+            head=HeadSpec.from_dict(head) if head else None,
+            seed=int(attrs.get("seed", 0)),
+            state=trial.state.name,
+            strategy=attrs.get("strategy", ""),
+            final=dict(attrs.get("final", {})),
+            init=dict(attrs.get("init", {})),
+            losses=tuple(attrs.get("losses", ())),
+            wall_time_s=attrs.get("wall_time_s", 0.0),
             images_per_s=attrs.get("images_per_s", 0.0),
             peak_memory_mb=attrs.get("peak_memory_mb", 0.0),
             failure_reason=attrs.get("failure_reason"),
-        )  # fmt: skip
+        )
 
 
 def records(study: optuna.Study) -> list[TrialRecord]:

@@ -21,8 +21,12 @@ Report = Callable[[int, dict[str, Any]], bool]
 
 
 def run_trial_isolated(
-    config: TrialConfig, report: Report | None = None, *, output_dir: str | Path | None = None,
-    timeout_s: float | None = None, should_cancel: Callable[[], bool] | None = None,
+    config: TrialConfig,
+    report: Report | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> TrialResult:
     """``training.run_trial`` in a spawned child process; see the module docstring."""
     ctx = mp.get_context("spawn")
@@ -47,8 +51,9 @@ def run_trial_isolated(
             if timeout_s is not None and time.monotonic() - started > timeout_s:
                 return _failed(f"exceeded the wall-clock limit of {timeout_s:g} s", started)
             if should_cancel is not None and should_cancel():
-                return TrialResult(status="cancelled", reason="cancelled",
-                                   wall_time_s=time.monotonic() - started)  # fmt: skip
+                return TrialResult(
+                    status="cancelled", reason="cancelled", wall_time_s=time.monotonic() - started
+                )
     finally:
         if proc.is_alive():
             proc.kill()
@@ -58,13 +63,21 @@ def run_trial_isolated(
 
 
 def run_trial_inline(
-    config: TrialConfig, report: Report | None = None, *, output_dir: str | Path | None = None,
-    timeout_s: float | None = None, should_cancel: Callable[[], bool] | None = None,
+    config: TrialConfig,
+    report: Report | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> TrialResult:
     """The same contract in this process (debugging, fast tests); no crash isolation."""
-    from training.loop import run_trial
+    started = time.monotonic()
+    try:
+        from training.loop import run_trial
 
-    return run_trial(config, report, output_dir=output_dir)
+        return run_trial(config, report, output_dir=output_dir)
+    except Exception as exc:  # a bug or an unforeseen input fails this trial, not the search
+        return _failed(f"{type(exc).__name__}: {exc}", started)
 
 
 def _child_main(config: dict[str, Any], output_dir: str | None, conn) -> None:
@@ -74,7 +87,11 @@ def _child_main(config: dict[str, Any], output_dir: str | None, conn) -> None:
         conn.send(("report", epoch, metrics))
         return bool(conn.recv())
 
-    result = run_trial(TrialConfig.from_dict(config), report, output_dir=output_dir)
+    started = time.monotonic()
+    try:
+        result = run_trial(TrialConfig.from_dict(config), report, output_dir=output_dir)
+    except Exception as exc:  # reported as this trial's failure, with its reason
+        result = _failed(f"{type(exc).__name__}: {exc}", started)
     conn.send(("result", result.to_dict()))
     conn.close()
 

@@ -83,11 +83,19 @@ class CandidateSpace(Strict):
     def candidates(self) -> list[HeadSpec]:
         """Distinct head specs, in a stable order (knobs a family ignores are collapsed)."""
         if self.heads is not None:
-            specs = [HeadSpec.parse(h) if isinstance(h, str) else HeadSpec.from_dict(h)
-                     for h in self.heads]  # fmt: skip
+            specs = [
+                HeadSpec.parse(h) if isinstance(h, str) else HeadSpec.from_dict(h)
+                for h in self.heads
+            ]
         else:
-            grid = itertools.product(self.families, self.depths, self.kernels,
-                                     self.first_residual, self.pooling, self.width_ratios)  # fmt: skip
+            grid = itertools.product(
+                self.families,
+                self.depths,
+                self.kernels,
+                self.first_residual,
+                self.pooling,
+                self.width_ratios,
+            )
             specs = [_collapse(HeadSpec(f, d, k, r, fr, p)) for f, d, k, fr, p, r in grid]
         unique = list(dict.fromkeys(specs))
         if not unique:
@@ -142,8 +150,10 @@ class SearchSpec(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> SearchSpec:
         if self.strategy == "joint" and set(self.objectives) - set(LABEL_FREE):
-            raise ValueError("the joint strategy ranks by discrepancy: objectives must be "
-                             f"among {list(LABEL_FREE)} (one shared base has one probe score)")
+            raise ValueError(
+                "the joint strategy ranks by discrepancy: objectives must be "
+                f"among {list(LABEL_FREE)} (one shared base has one probe score)"
+            )
         reserved = {"base", "heads", "data", "epochs", "batch_size", "seed", "data_limit"}
         if clash := sorted(reserved & set(self.trial_overrides)):
             raise ValueError(f"trial_overrides may not set {clash}: use base/space/budget/seed")
@@ -156,10 +166,16 @@ class SearchSpec(Strict):
     def trial_config(self, heads: tuple[HeadSpec, ...], seed: int, **changes: Any) -> TrialConfig:
         """The proxy run of ``heads`` (``()`` = the baseline) with one of the paired seeds."""
         values = {
-            **self.trial_overrides, "base": self.base.proxy(), "heads": heads, "data": self.data,
-            "epochs": self.budget.epochs, "batch_size": self.budget.batch_size, "seed": seed,
-            "data_limit": self.budget.data_limit, **changes,
-        }  # fmt: skip
+            **self.trial_overrides,
+            "base": self.base.proxy(),
+            "heads": heads,
+            "data": self.data,
+            "epochs": self.budget.epochs,
+            "batch_size": self.budget.batch_size,
+            "seed": seed,
+            "data_limit": self.budget.data_limit,
+            **changes,
+        }
         return TrialConfig.from_dict(values)
 
     def seeds(self) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from service.cli_search import search_app
 from service.cli_train import export, heads, train
 
 app = typer.Typer(
@@ -15,3 +16,4 @@ app = typer.Typer(
 app.command(help="Run HSSL (or plain-iBOT) pre-training and print its metrics as JSON.")(train)
 app.command(help="Export a run's pre-trained base as timm-loadable safetensors.")(export)
 app.command(help="List the auxiliary head families and their options.")(heads)
+app.add_typer(search_app, name="search")

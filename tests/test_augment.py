@@ -10,8 +10,9 @@ from torchvision.transforms.v2 import functional as TF
 from training.data import TwoCropAugment, colour, eval_view, open_dataset
 
 # Switches every random component off: what is left is a resize and the normalisation.
-OFF = dict(scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0),
-           solarize_p=(0.0, 0.0))  # fmt: skip
+OFF = dict(
+    scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0)
+)
 HALF = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
@@ -121,8 +122,9 @@ def test_hue_rotation_keeps_greys_and_turns_colours():
     x = torch.rand(4, 3, 5, 5, generator=_gen(3)) * 0.5 + 0.25
     torch.testing.assert_close(colour.adjust_hue(x, torch.zeros(4)), x, atol=1e-5, rtol=0)
     grey = x[:, :1].expand(-1, 3, -1, -1).contiguous()
-    torch.testing.assert_close(colour.adjust_hue(grey, torch.full((4,), 0.1)), grey, atol=1e-5,
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        colour.adjust_hue(grey, torch.full((4,), 0.1)), grey, atol=1e-5, rtol=0
+    )
     # A full turn is the identity, half a turn is not, and luma is kept (inside the gamut).
     torch.testing.assert_close(colour.adjust_hue(x, torch.ones(4)), x, atol=1e-5, rtol=0)
     turned = colour.adjust_hue(x, torch.full((4,), 0.05))

@@ -26,20 +26,23 @@ def test_train_prints_json_metrics_and_writes_a_checkpoint_then_exports_for_timm
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=True,
+        "vit_tiny_patch16_224",
+        pretrained=True,
         pretrained_cfg_overlay=dict(file=str(out), num_classes=0),
         **info["create_model_kwargs"],
-    )  # fmt: skip
+    )
     teacher = checkpoint.load(ckpt)["teacher"]
     loaded = model.state_dict()
     assert set(loaded) == set(load_file(str(out)))  # no missing or unexpected keys
     assert all(torch.equal(loaded[k], teacher["base.model." + k]) for k in loaded)
     # a downstream model with its own class count starts a fresh classifier on top
     downstream = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=True, num_classes=7,
+        "vit_tiny_patch16_224",
+        pretrained=True,
+        num_classes=7,
         pretrained_cfg_overlay=dict(file=str(out), num_classes=0),
         **info["create_model_kwargs"],
-    )  # fmt: skip
+    )
     assert torch.equal(downstream.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
     assert downstream.head.out_features == 7
 

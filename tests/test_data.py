@@ -181,9 +181,13 @@ def test_folder_errors_name_the_path(tmp_path, case):
     with pytest.raises(DataError) as err:
         open_dataset(str(target), 8)
     assert str(target) in str(err.value)
-    expected = {"missing": "does not exist", "file": "not a directory",
-                "no_classes": "no class sub-folders", "no_images": "no images",
-                "one_class": "at least 2"}[case]  # fmt: skip
+    expected = {
+        "missing": "does not exist",
+        "file": "not a directory",
+        "no_classes": "no class sub-folders",
+        "no_images": "no images",
+        "one_class": "at least 2",
+    }[case]
     assert expected in str(err.value)
 
 

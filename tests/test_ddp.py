@@ -7,9 +7,18 @@ from tests.cli_helpers import BIN, TINY_FLAGS, run
 
 def test_two_process_gloo_run_completes_with_sharded_batches(tmp_path):
     args = [
-        str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(BIN / "hssl"),
-        "train", *TINY_FLAGS, "--device", "cpu", "--out", str(tmp_path / "ddp"),
-    ]  # fmt: skip
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(BIN / "hssl"),
+        "train",
+        *TINY_FLAGS,
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     proc = run(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)  # only rank 0 prints

@@ -24,8 +24,17 @@ from training.errors import DataError
 # Names from the package's METADATA ("Bear, Bird, Cat, Cow, Dog, Elephant, Giraffe, Horse,
 # Sheep, Zebra"); the label order was checked by looking at samples of each label.
 ANIMAL_MNIST_CLASSES = (
-    "bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra",
-)  # fmt: skip
+    "bear",
+    "bird",
+    "cat",
+    "cow",
+    "dog",
+    "elephant",
+    "giraffe",
+    "horse",
+    "sheep",
+    "zebra",
+)
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 _ANIMAL_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
 

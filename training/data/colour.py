@@ -79,9 +79,13 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     cos, sin = angle.cos(), angle.sin()
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rot = torch.stack(
-        [torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
-         torch.stack([zero, sin, cos], 1)], 1
-    )  # fmt: skip
+        [
+            torch.stack([one, zero, zero], 1),
+            torch.stack([zero, cos, -sin], 1),
+            torch.stack([zero, sin, cos], 1),
+        ],
+        1,
+    )
     m = torch.linalg.inv(rgb2yiq) @ rot @ rgb2yiq  # n x 3 x 3
     n, c, h, w = x.shape
     return torch.bmm(m, x.reshape(n, c, h * w)).view(n, c, h, w).clamp_(0.0, 1.0)

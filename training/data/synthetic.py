@@ -19,9 +19,17 @@ from torch import Tensor
 from training.data.colour import hsv_to_rgb
 
 SYNTHETIC_CLASSES = (
-    "disk", "ring", "square", "stripes", "checker", "cross", "triangle", "rings", "dots",
+    "disk",
+    "ring",
+    "square",
+    "stripes",
+    "checker",
+    "cross",
+    "triangle",
+    "rings",
+    "dots",
     "grid",
-)  # fmt: skip
+)
 SYNTHETIC_SIZE = 1000
 SYNTHETIC_SEED = 20240611  # content is fixed; open_dataset's seed only picks the split
 

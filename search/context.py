@@ -1,0 +1,121 @@
+"""What every strategy shares: the study, the runner, the budget clock, and how a finished run
+becomes Optuna trials (values for the objectives, user attributes for the dashboard)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from search.records import result_attrs
+from search.runner import Report
+from search.spec import SearchSpec
+from training.config import HeadSpec
+from training.recipe import TrialConfig, TrialResult
+
+# objective name → key of the final metrics
+METRIC_OF = {
+    "knn": "knn_cls",
+    "linear": "linear",
+    "d_kl": "d_kl",
+    "d_cka": "d_cka",
+    "d_loss": "d_loss",
+}
+Runner = Callable[..., TrialResult]
+
+
+@dataclass
+class SearchContext:
+    spec: SearchSpec
+    study: optuna.Study
+    workdir: Path
+    runner: Runner
+    progress: Callable[[str, str], None] = lambda label, status: None
+    deadline: float | None = None  # time.monotonic() after which no run starts
+    should_cancel: Callable[[], bool] | None = None
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def cancelled(self) -> bool:
+        return bool(self.should_cancel and self.should_cancel())
+
+    def run(self, config: TrialConfig, name: str, report: Report | None = None) -> TrialResult:
+        timeout = None if self.deadline is None else max(self.deadline - time.monotonic(), 1.0)
+        return self.runner(
+            config,
+            report,
+            output_dir=self.workdir / name,
+            timeout_s=timeout,
+            should_cancel=self.should_cancel,
+        )
+
+    def values(self, final: dict[str, Any]) -> list[float] | None:
+        """The objectives' values of a head's final metrics; None if one is missing or nan."""
+        out = [final.get(METRIC_OF[o]) for o in self.spec.objectives]
+        if any(v is None or not math.isfinite(v) for v in out):
+            return None
+        return [float(v) for v in out]
+
+    def head_param(self, candidates: list[HeadSpec]) -> CategoricalDistribution:
+        return CategoricalDistribution([h.label() for h in candidates])
+
+    def add_finished(
+        self,
+        result: TrialResult,
+        head: HeadSpec,
+        seed: int,
+        strategy: str,
+        candidates: list[HeadSpec],
+    ) -> optuna.trial.FrozenTrial:
+        """Record one head of a finished run as a complete (or failed) trial."""
+        attrs = result_attrs(result, head, seed, strategy)
+        values = self.values(attrs["final"]) if result.status == "completed" else None
+        if values is None and result.status == "completed":
+            attrs["failure_reason"] = "an objective is missing or not finite"
+        trial = optuna.trial.create_trial(
+            state=TrialState.COMPLETE if values else TrialState.FAIL,
+            values=values,
+            params={"head": head.label()},
+            distributions={"head": self.head_param(candidates)},
+            user_attrs=attrs,
+            intermediate_values=dict(enumerate(attrs["knn_curve"])),
+        )
+        self.study.add_trial(trial)
+        self.progress(head.label(), trial.state.name)
+        return trial
+
+    def tell(
+        self, trial: optuna.Trial, result: TrialResult, head: HeadSpec, seed: int, strategy: str
+    ) -> TrialState:
+        """Finish an asked trial from a run's result; returns the state told."""
+        attrs = result_attrs(result, head, seed, strategy)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        values = self.values(attrs["final"]) if result.status == "completed" else None
+        if result.status == "stopped":
+            state = TrialState.PRUNED
+        elif values is None:
+            state = TrialState.FAIL
+            if result.status == "completed":
+                trial.set_user_attr("failure_reason", "an objective is missing or not finite")
+        else:
+            state = TrialState.COMPLETE
+        single = len(self.spec.objectives) == 1 and values
+        self.study.tell(trial, values[0] if single else values, state=state)
+        self.progress(head.label(), state.name)
+        return state
+
+    def record_baseline(self, result: TrialResult, seed: int) -> None:
+        """The no-head baseline has no discrepancy, so it lives in a study attribute."""
+        runs = [r for r in self.study.user_attrs.get("baseline", []) if r["seed"] != seed]
+        runs.append(result_attrs(result, None, seed, "baseline"))
+        self.study.set_user_attr("baseline", runs)
+        self.progress("baseline", result.status.upper())

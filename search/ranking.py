@@ -1,0 +1,271 @@
+"""Ranking of candidate heads from their trial records (spec §4, §5, §10).
+
+:func:`summarize` turns each candidate's completed seeds into means and sample SDs per metric,
+the random-init floor of each probe and the gain over it. :func:`rank` orders heads by the
+objectives (all maximised: a larger discrepancy is the paper's sign of a better base),
+:func:`pareto_front` keeps the non-dominated ones, and :func:`correlations` checks the paper's
+claim per base: does discrepancy track probe accuracy? Probe accuracy is only ever reported
+with its seed spread and floor: at proxy scale it often stays below the random-init network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from search.records import METRICS, TrialRecord
+from search.stats import average_ranks, bootstrap_ci, mean_sd, spearman
+from training.config import HeadSpec
+
+ACCURACIES = ("knn_cls", "knn_patch", "linear")
+INIT_DISCREPANCIES = ("d_kl", "d_cka", "d_loss", "h_target")
+ALIASES = {"knn": "knn_cls"}  # the search spec's objective name for the [CLS] k-NN probe
+FAILED_STATES = ("FAIL", "PRUNED")
+RANK_RULE = (
+    "per objective, average ranks of the heads' means (1 = largest); score = mean of those "
+    "ranks (lower = better); equal scores share a rank; heads with no completed run or a "
+    "missing objective get rank 0 and come last"
+)
+
+
+@dataclass(frozen=True)
+class HeadSummary:
+    """One candidate head (``head=None``: the no-head iBOT baseline) over its seeds."""
+
+    label: str
+    head: HeadSpec | None
+    n: int  # completed runs (seeds)
+    failed: int  # FAIL or PRUNED runs
+    mean: dict[str, float]  # per metric in METRICS, over completed runs' final values
+    sd: dict[str, float]  # sample SD of the same
+    floor: dict[str, float]  # mean init value of each probe: the random-init floor
+    gain: dict[str, float]  # mean over runs of (final - init) for each probe
+    init: dict[str, float]  # mean init discrepancy (d_kl, d_cka, d_loss, h_target)
+    trials: tuple[int, ...]  # Optuna trial numbers of every run of this candidate
+    rank: int = 0
+    score: float = float("nan")
+    failure_reasons: tuple[str, ...] = ()
+
+
+def metric_name(objective: str) -> str:
+    """The METRICS key of an objective (``knn`` → ``knn_cls``); unknown names raise."""
+    name = ALIASES.get(objective, objective)
+    if name not in METRICS:
+        choices = ", ".join(sorted({*METRICS, *ALIASES}))
+        raise ValueError(f"unknown objective {objective!r}; choose from {choices}")
+    return name
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _summary(label: str, runs: list[TrialRecord]) -> HeadSummary:
+    done = [r for r in runs if r.ok]
+    failed = [r for r in runs if r.state in FAILED_STATES]
+    stats = {m: mean_sd([r.final[m] for r in done if m in r.final]) for m in METRICS}
+    init = {m: mean_sd([r.init[m] for r in done if m in r.init])[0] for m in METRICS}
+    return HeadSummary(
+        label=label,
+        head=next((r.head for r in runs if r.head is not None), None),
+        n=len(done),
+        failed=len(failed),
+        mean={m: v[0] for m, v in stats.items()},
+        sd={m: v[1] for m, v in stats.items()},
+        floor={m: init[m] for m in ACCURACIES},
+        gain={
+            m: mean_sd([r.final[m] - r.init[m] for r in done if m in r.final and m in r.init])[0]
+            for m in ACCURACIES
+        },
+        init={m: init[m] for m in INIT_DISCREPANCIES},
+        trials=tuple(sorted(r.number for r in runs)),
+        failure_reasons=tuple(dict.fromkeys(r.failure_reason or r.state.lower() for r in failed)),
+    )
+
+
+def summarize(records: Sequence[TrialRecord]) -> list[HeadSummary]:
+    """One summary per label, in order of first appearance; statistics over COMPLETE runs only.
+
+    A candidate whose runs all failed stays in the list with ``n=0`` (NaN means), so a table
+    can show it as failed instead of silently dropping it. Running/waiting trials count in
+    ``trials`` but neither as completed nor as failed.
+    """
+    groups: dict[str, list[TrialRecord]] = {}
+    for record in records:
+        groups.setdefault(record.label, []).append(record)
+    return [_summary(label, runs) for label, runs in groups.items()]
+
+
+def split_baseline(summaries: Sequence[HeadSummary]) -> tuple[list[HeadSummary], Any]:
+    """Separate the candidate heads from the no-head baseline (``head is None``, or None)."""
+    heads = [s for s in summaries if s.head is not None]
+    return heads, next((s for s in summaries if s.head is None), None)
+
+
+def _rankable(s: HeadSummary, names: Sequence[str]) -> bool:
+    return s.n > 0 and all(_finite(s.mean.get(m)) for m in names)
+
+
+def rank(summaries: Sequence[HeadSummary], objectives: Sequence[str]) -> list[HeadSummary]:
+    """Order heads by the mean-rank rule (:data:`RANK_RULE`); returns new summaries.
+
+    Per objective each rankable head gets the average rank of its mean among the others
+    (1 = largest, ties averaged); its score is the mean of those ranks over objectives. Heads
+    sort by score, then label. Equal scores share the smaller rank (1, 2, 2, 4). Heads with no
+    completed run or a NaN/missing objective mean get rank 0, score NaN and follow, by label.
+    """
+    names = [metric_name(o) for o in objectives]
+    if not names:
+        raise ValueError("rank needs at least one objective")
+    ok = [s for s in summaries if _rankable(s, names)]
+    rest = sorted((s for s in summaries if not _rankable(s, names)), key=lambda s: s.label)
+    out: list[HeadSummary] = []
+    if ok:
+        per_objective = np.array([average_ranks([-s.mean[m] for s in ok]) for m in names])
+        scores = [round(float(v), 9) for v in per_objective.mean(axis=0)]
+        for i in sorted(range(len(ok)), key=lambda i: (scores[i], ok[i].label)):
+            place = 1 + sum(v < scores[i] for v in scores)
+            out.append(replace(ok[i], rank=place, score=scores[i]))
+    return out + [replace(s, rank=0, score=float("nan")) for s in rest]
+
+
+def pareto_front(summaries: Sequence[HeadSummary], objectives: Sequence[str]) -> list[str]:
+    """Labels of the non-dominated rankable heads, in input order (all objectives maximised).
+
+    Head b dominates head a when b is at least as large on every objective and larger on one.
+    Heads without completed runs or with a missing objective are never on the front.
+    """
+    names = [metric_name(o) for o in objectives]
+    ok = [s for s in summaries if _rankable(s, names)]
+    points = [[s.mean[m] for m in names] for s in ok]
+
+    def dominates(q: list[float], p: list[float]) -> bool:
+        pairs = list(zip(q, p, strict=True))
+        return all(a >= b for a, b in pairs) and any(a > b for a, b in pairs)
+
+    front = [not any(dominates(q, p) for q in points) for p in points]
+    return [s.label for s, keep in zip(ok, front, strict=True) if keep]
+
+
+def correlations(
+    records: Sequence[TrialRecord],
+    discrepancies: Sequence[str] = ("d_kl", "d_cka", "d_loss"),
+    accuracies: Sequence[str] = ("knn_cls", "linear"),
+) -> dict[str, dict]:
+    """Spearman ρ of each discrepancy against each probe accuracy, per trial (seeds count).
+
+    Keys are ``"disc~acc"``; values ``{"rho", "ci": [lo, hi], "n"}`` over COMPLETE records
+    with finite final values of both. ρ and its 95% bootstrap interval are NaN when there are
+    fewer than 3 such trials or a side is constant (spec §4: the paper's claim, per base).
+    """
+    done = [r for r in records if r.ok]
+    out: dict[str, dict] = {}
+    for d in (metric_name(m) for m in discrepancies):
+        for a in (metric_name(m) for m in accuracies):
+            both = [r.final for r in done if _finite(r.final.get(d)) and _finite(r.final.get(a))]
+            x, y = [f[d] for f in both], [f[a] for f in both]
+            lo, hi = bootstrap_ci(x, y)
+            out[f"{d}~{a}"] = {"rho": spearman(x, y), "ci": [lo, hi], "n": len(both)}
+    return out
+
+
+def _pm(mean: float, sd: float) -> str:
+    if not _finite(mean):
+        return "–"
+    return f"{mean:.3f}±{sd:.3f}" if _finite(sd) else f"{mean:.3f}±?"
+
+
+def _accuracy(s: HeadSummary, m: str) -> str:
+    """Probe accuracy as mean±sd with its floor and gain; never a bare number."""
+    if not _finite(s.mean[m]):
+        return "–"
+    floor = f"{s.floor[m]:.3f}" if _finite(s.floor[m]) else "?"
+    gain = f"{s.gain[m]:+.3f}" if _finite(s.gain[m]) else "?"
+    return f"{_pm(s.mean[m], s.sd[m])} (floor {floor}, {gain})"
+
+
+def ranking_table(
+    ranked: Sequence[HeadSummary],
+    objectives: Sequence[str],
+    baseline: HeadSummary | None = None,
+) -> str:
+    """Fixed-width text table for a terminal, baseline last, failures listed under it."""
+    names = [metric_name(o) for o in objectives]
+    columns = [m for m in names if m not in ACCURACIES]
+    rows = [*ranked, *([baseline] if baseline else [])]
+    probes = ["knn_cls"] + [m for m in ("linear",) if any(_finite(s.mean[m]) for s in rows)]
+    header = ["rank", "head", *columns, "score", *(f"{m} (floor, gain)" for m in probes)]
+    lines = [[*header, "n ok/failed"]]
+    for s in rows:
+        place = "base" if s is baseline else (str(s.rank) if s.rank else "–")
+        score = f"{s.score:.2f}" if _finite(s.score) else "–"
+        cells = [_pm(s.mean[m], s.sd[m]) for m in columns]
+        probe_cells = [_accuracy(s, m) for m in probes]
+        lines.append([place, s.label, *cells, score, *probe_cells, f"{s.n}/{s.failed}"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) + 1)]
+    text = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
+    ]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    text.append(f"objectives: {', '.join(names)} (maximised); mean±sd over completed seeds")
+    text.append("probe: floor = random-init accuracy, gain = mean(final - init) over seeds")
+    for s in (s for s in rows if s.failed):
+        reasons = "; ".join(s.failure_reasons) or "no reason"
+        text.append(f"failed: {s.label}: {s.failed} run(s) ({reasons})")
+    return "\n".join(text)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy: NaN/inf become None (strict JSON has no NaN), tuples become lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def summary_json(s: HeadSummary) -> dict[str, Any]:
+    """One head as plain data (the head spec as its dict, so it round-trips)."""
+    return _plain(
+        {
+            "rank": s.rank,
+            "score": s.score,
+            "label": s.label,
+            "head": s.head.to_dict() if s.head else None,
+            "n": s.n,
+            "failed": s.failed,
+            "failure_reasons": s.failure_reasons,
+            "mean": s.mean,
+            "sd": s.sd,
+            "floor": s.floor,
+            "gain": s.gain,
+            "init": s.init,
+            "trials": s.trials,
+        }
+    )
+
+
+def ranking_json(
+    ranked: Sequence[HeadSummary],
+    objectives: Sequence[str],
+    pareto: list[str],
+    correlations: dict,
+    baseline: HeadSummary | None = None,
+) -> dict[str, Any]:
+    """The ranking as plain JSON-able data (``json.dumps(..., allow_nan=False)`` works)."""
+    return _plain(
+        {
+            "objectives": [metric_name(o) for o in objectives],
+            "rule": RANK_RULE,
+            "heads": [summary_json(s) for s in ranked],
+            "baseline": summary_json(baseline) if baseline else None,
+            "pareto": list(pareto),
+            "correlations": correlations,
+        }
+    )

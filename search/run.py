@@ -1,0 +1,199 @@
+"""Run a whole search on one Optuna storage and write its outputs (the embedded default:
+SQLite under one data directory, trials in child processes)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from tqdm import tqdm
+
+from search import strategies
+from search.context import SearchContext
+from search.plot import plot_search
+from search.provenance import data_fingerprint, versions
+from search.ranking import correlations, pareto_front, rank, ranking_json, ranking_table, summarize
+from search.recommendation import build_recommendation, write_recommendation
+from search.records import TrialRecord, records
+from search.runner import run_trial_inline, run_trial_isolated
+from search.sampling import pruner_settings, sampler_settings
+from search.spec import SearchSpec
+from search.storage import (
+    directions,
+    make_storage,
+    reconcile_orphans,
+    same_spec,
+    sqlite_url,
+    study_name,
+)
+from training.errors import HSSLError
+
+
+@dataclass
+class SearchOutcome:
+    study: str
+    storage: str
+    status: str
+    table: str
+    ranking: dict[str, Any]
+    files: dict[str, Path]
+    reconciled: list[int]
+
+
+def open_study(spec: SearchSpec, storage_url: str, *, resume: bool) -> optuna.Study:
+    """Create the search's study, or load it to resume (refusing a different spec)."""
+    storage = make_storage(storage_url)
+    name = study_name(spec)
+    exists = name in optuna.get_all_study_names(storage)
+    if exists and not resume:
+        raise HSSLError(
+            f"search {name!r} already exists in {storage_url}; pass --resume to "
+            "continue it, or give the spec another name"
+        )
+    study = optuna.create_study(
+        storage=storage, study_name=name, directions=directions(spec), load_if_exists=True
+    )
+    if exists and not same_spec(study, spec):
+        raise HSSLError(
+            f"search {name!r} was started from a different spec; resume it with the "
+            "same spec file, or give this spec another name"
+        )
+    if not exists:
+        study.set_user_attr("spec", spec.model_dump(mode="json"))
+        study.set_user_attr("sampler", sampler_settings(spec))
+        study.set_user_attr("pruner", pruner_settings(spec))
+        study.set_user_attr("versions", versions())
+        study.set_user_attr("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return study
+
+
+def run_search(
+    spec: SearchSpec,
+    data_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    isolate: bool = True,
+    storage_url: str | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> SearchOutcome:
+    """Run (or resume) the search ``spec`` and write ranking, recommendation and plot."""
+    url = storage_url or sqlite_url(data_dir)
+    study = open_study(spec, url, resume=resume)
+    reconciled = reconcile_orphans(study)
+    workdir = Path(data_dir) / "searches" / study.study_name
+    bar = tqdm(
+        total=planned_runs(spec), disable=not progress, desc=study.study_name, dynamic_ncols=True
+    )
+    bar.update(sum(1 for t in study.trials if t.state.is_finished()))
+
+    def advance(label: str, status: str) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{label}: {status}")
+
+    budget = spec.budget.wall_clock_s
+    ctx = SearchContext(
+        spec=spec,
+        study=study,
+        workdir=workdir,
+        runner=run_trial_isolated if isolate else run_trial_inline,
+        progress=advance,
+        deadline=time.monotonic() + budget if budget else None,
+        should_cancel=should_cancel,
+    )
+    study.set_user_attr("status", "running")
+    candidates = spec.space.candidates()
+    if spec.budget.prescreen_keep and spec.strategy != "optuna":
+        candidates = strategies.prescreen(ctx, candidates, spec.budget.prescreen_keep)
+    if spec.include_baseline:
+        strategies.run_baseline(ctx)
+    if spec.strategy == "joint":
+        strategies.run_joint(ctx, candidates)
+    elif spec.strategy == "independent":
+        strategies.run_independent(ctx, candidates)
+    else:
+        strategies.run_optuna(ctx)
+    bar.close()
+    status = "cancelled" if ctx.cancelled() else "out_of_time" if ctx.out_of_time() else "completed"
+    study.set_user_attr("status", status)
+    report = report_of(study, spec)
+    files = write_outputs(study, spec, report, url, workdir)
+    return SearchOutcome(
+        study.study_name, url, status, report["table"], report["ranking"], files, reconciled
+    )
+
+
+def planned_runs(spec: SearchSpec) -> int:
+    if spec.strategy == "optuna":
+        return spec.budget.trials
+    heads = spec.budget.prescreen_keep or len(spec.space.candidates())
+    return heads * len(spec.seeds())
+
+
+def report_of(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
+    """Ranking (table + JSON), Pareto front and correlations from the study's trials."""
+    recs = records(study)
+    baseline_runs = [_baseline_record(r) for r in study.user_attrs.get("baseline", [])]
+    baseline = summarize(baseline_runs)[0] if baseline_runs else None
+    ranked = rank(summarize(recs), spec.objectives)
+    front = pareto_front(ranked, spec.objectives)
+    corr = correlations(recs)
+    return {
+        "ranked": ranked,
+        "baseline": baseline,
+        "table": ranking_table(ranked, spec.objectives, baseline),
+        "ranking": ranking_json(ranked, spec.objectives, front, corr, baseline),
+    }
+
+
+def write_outputs(
+    study: optuna.Study,
+    spec: SearchSpec,
+    report: dict[str, Any],
+    url: str,
+    out_dir: Path,
+) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"ranking": out_dir / "ranking.json"}
+    files["ranking"].write_text(json.dumps(report["ranking"], indent=2) + "\n")
+    disc = next((o for o in spec.objectives if o.startswith("d_")), "d_kl")
+    files["plot"] = plot_search(
+        report["ranked"],
+        out_dir / "ranking.png",
+        title=study.study_name,
+        discrepancy=disc,
+        baseline=report["baseline"],
+    )
+    try:
+        rec = build_recommendation(
+            spec,
+            report["ranking"],
+            study=study.study_name,
+            storage=url,
+            data=data_fingerprint(spec.data, spec.base.img_size),
+            versions=study.user_attrs.get("versions", versions()),
+        )
+    except HSSLError:
+        return files  # nothing completed: no recommendation, the ranking says why
+    files.update(write_recommendation(rec, out_dir))
+    return files
+
+
+def _baseline_record(attrs: dict[str, Any]) -> TrialRecord:
+    state = "COMPLETE" if attrs.get("status") == "completed" else "FAIL"
+    return TrialRecord(
+        number=-1,
+        label="baseline",
+        head=None,
+        seed=attrs["seed"],
+        state=state,
+        strategy="baseline",
+        final=attrs.get("final", {}),
+        init=attrs.get("init", {}),
+        failure_reason=attrs.get("failure_reason"),
+    )

@@ -1,0 +1,64 @@
+"""Optuna storage for searches: SQLite under one data directory by default, any RDB URL
+(PostgreSQL) otherwise; one study per search, its spec and settings in study attributes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.spec import SearchSpec
+
+INTERRUPTED = "interrupted: the process running it stopped; reconciled when the search resumed"
+
+
+def sqlite_url(data_dir: str | Path) -> str:
+    path = Path(data_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'optuna.sqlite3'}"
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """RDB storage; PostgreSQL connections are checked before use and pooled small."""
+    engine_kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True, "pool_size": 2}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def study_name(spec: SearchSpec) -> str:
+    """The spec's name, or one derived from its content (same spec → same study)."""
+    if spec.name:
+        return spec.name
+    digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:10]
+    return f"{spec.base.name}-{spec.strategy}-{digest}"
+
+
+def directions(spec: SearchSpec) -> list[str]:
+    """Every objective is maximised (accuracy, and discrepancy per the paper's claim)."""
+    if spec.strategy == "optuna" and spec.optuna_mode == "pruned":
+        return ["maximize"]
+    return ["maximize"] * len(spec.objectives)
+
+
+def spec_of(study: optuna.Study) -> SearchSpec | None:
+    raw = study.user_attrs.get("spec")
+    return SearchSpec.model_validate(raw) if raw else None
+
+
+def same_spec(study: optuna.Study, spec: SearchSpec) -> bool:
+    stored = spec_of(study)
+    return stored is not None and json.dumps(stored.model_dump(), sort_keys=True) == json.dumps(
+        spec.model_dump(), sort_keys=True
+    )
+
+
+def reconcile_orphans(study: optuna.Study) -> list[int]:
+    """Fail trials left running or waiting by a process that died; return their numbers."""
+    storage = study._storage
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    for trial in orphans:
+        storage.set_trial_user_attr(trial._trial_id, "failure_reason", INTERRUPTED)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return [t.number for t in orphans]

@@ -1,0 +1,108 @@
+"""``hssl search run``: a whole search on the embedded default (SQLite, child processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from service.cli_train import fail_cleanly
+from training.errors import HSSLError
+
+Opt = typer.Option
+search_app = typer.Typer(help="Search for the best auxiliary head.", no_args_is_help=True)
+
+
+def spec_error(exc: ValidationError) -> HSSLError:
+    """All of pydantic's complaints on one line: 'field.path: message; ...'."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return HSSLError("invalid search spec: " + "; ".join(parts))
+
+
+def load_spec(path: Path | None, overrides: dict[str, Any]):
+    """The spec file (YAML/JSON) with the given flags applied on top."""
+    from search.spec import SearchSpec
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if not isinstance(loaded, dict):
+            raise HSSLError(f"{path} does not hold a mapping; expected a search spec")
+        data = loaded
+    for dotted, value in overrides.items():
+        if value is None or value == []:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return SearchSpec.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error(exc) from None
+
+
+@search_app.command("run")
+@fail_cleanly
+def run(
+    spec_file: Annotated[Path | None, typer.Argument(help="search spec (YAML or JSON)")] = None,
+    base: Annotated[str | None, Opt(help="timm model name of the base")] = None,
+    data: Annotated[str | None, Opt(help="animal-mnist, digits, synthetic or a folder")] = None,
+    strategy: Annotated[str | None, Opt(help="joint, independent or optuna")] = None,
+    head: Annotated[list[str] | None, Opt(help="explicit candidate, e.g. convnext:depth=3")] = None,
+    family: Annotated[list[str] | None, Opt(help="candidate family (repeat)")] = None,
+    epochs: Annotated[int | None, Opt(help="epochs per proxy run")] = None,
+    seeds: Annotated[int | None, Opt(help="paired seeds per candidate")] = None,
+    trials: Annotated[int | None, Opt(help="trials of the optuna strategy")] = None,
+    data_limit: Annotated[int | None, Opt(help="use at most this many images")] = None,
+    prescreen: Annotated[int | None, Opt(help="keep the top N by initial discrepancy")] = None,
+    baseline: Annotated[
+        bool | None, Opt("--baseline/--no-baseline", help="run plain iBOT too")
+    ] = None,
+    name: Annotated[str | None, Opt(help="study name")] = None,
+    data_dir: Annotated[Path, Opt(help="where the SQLite storage and outputs go")] = Path(
+        "hssl-data"
+    ),
+    resume: Annotated[bool, Opt(help="continue an interrupted search of the same spec")] = False,
+    isolate: Annotated[bool, Opt(help="train each trial in a child process")] = True,
+    progress: Annotated[bool, Opt(help="progress bar on stderr")] = True,
+) -> None:
+    import optuna
+
+    from search.run import run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    spec = load_spec(
+        spec_file,
+        {
+            "base.name": base,
+            "data": data,
+            "strategy": strategy,
+            "space.heads": head,
+            "space.families": family,
+            "budget.epochs": epochs,
+            "budget.seeds": seeds,
+            "budget.trials": trials,
+            "budget.data_limit": data_limit,
+            "budget.prescreen_keep": prescreen,
+            "include_baseline": baseline,
+            "name": name,
+        },
+    )
+    outcome = run_search(spec, data_dir, resume=resume, progress=progress, isolate=isolate)
+    typer.echo(outcome.table)
+    typer.echo(f"\nsearch {outcome.study}: {outcome.status}")
+    for kind, path in outcome.files.items():
+        typer.echo(f"{kind}: {path}")
+    typer.echo(f"dashboard: optuna-dashboard {outcome.storage}")
+    if "json" not in outcome.files:
+        typer.echo("error: no candidate completed a run, so there is no recommendation", err=True)
+        raise typer.Exit(1)
