@@ -10,8 +10,9 @@ FLOPs of one step (student forward + backward, teacher forward) are counted once
 ``FlopCounterMode``; MFU = FLOPs / step time / the GPU's peak dense bf16 FLOP/s (table below,
 or ``PEAK_TFLOPS`` in the environment, which also overrides the table).
 
-``--cpu-smoke`` runs a tiny version on the CPU (same code path, bf16 autocast included) in
-well under a minute, to prove the script works on a machine without a GPU.
+``--cpu-smoke`` runs a tiny version on the CPU (same code path, in fp32: CPU bf16 autocast
+sends depthwise convs to a ~60x slower fallback) in well under a minute, to prove the script
+works on a machine without a GPU; any flag given next to it overrides the smoke's value.
 
 Prints ONE JSON line.
 """
@@ -60,8 +61,10 @@ SMOKE = dict(
     proj_hidden=128,
     proj_bottleneck=64,
     steps=3,
-    warmup=1,
-    precision="bf16",
+    warmup=2,
+    # fp32: under CPU bf16 autocast a depthwise conv falls back to aten::_slow_conv2d per
+    # channel (~60x slower here), which would make the smoke take minutes. On CUDA it is bf16.
+    precision="fp32",
 )
 
 
@@ -113,8 +116,9 @@ class Step:
         dev = s.runtime.device
         size = s.config.base.img_size
         g = torch.Generator(device=dev).manual_seed(0)
+        shape = (batch, 3, size, size)
         self.batches = [
-            torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev, generator=g)
+            torch.randint(0, 256, shape, dtype=torch.uint8, device=dev, generator=g)
             for _ in range(2)
         ]
         self.gen = torch.Generator(device=dev).manual_seed(1)

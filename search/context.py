@@ -37,7 +37,7 @@ class SearchContext:
     study: optuna.Study
     workdir: Path
     runner: Runner
-    progress: Callable[[str, str], None] = lambda label, status: None
+    emit: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
     deadline: float | None = None  # time.monotonic() after which no run starts
     should_cancel: Callable[[], bool] | None = None
 
@@ -48,10 +48,20 @@ class SearchContext:
         return bool(self.should_cancel and self.should_cancel())
 
     def run(self, config: TrialConfig, name: str, report: Report | None = None) -> TrialResult:
+        """Run one proxy trial, announcing its start and every epoch's report as events."""
         timeout = None if self.deadline is None else max(self.deadline - time.monotonic(), 1.0)
+        heads = [h.label() for h in config.heads] or ["baseline"]
+        self.emit("trial.started", {"run": name, "heads": heads, "seed": config.seed})
+
+        def reported(epoch: int, metrics: dict[str, Any]) -> bool:
+            keys = ("loss", "knn_cls", "knn_patch", "linear", "d_kl", "d_cka")
+            brief = {k: metrics[k] for k in keys if isinstance(metrics.get(k), float)}
+            self.emit("trial.reported", {"run": name, "epoch": epoch, **brief})
+            return bool(report(epoch, metrics)) if report else False
+
         return self.runner(
             config,
-            report,
+            reported,
             output_dir=self.workdir / name,
             timeout_s=timeout,
             should_cancel=self.should_cancel,
@@ -89,7 +99,7 @@ class SearchContext:
             intermediate_values=dict(enumerate(attrs["knn_curve"])),
         )
         self.study.add_trial(trial)
-        self.progress(head.label(), trial.state.name)
+        self.finished(self.study.trials[-1])
         return trial
 
     def tell(
@@ -109,8 +119,8 @@ class SearchContext:
         else:
             state = TrialState.COMPLETE
         single = len(self.spec.objectives) == 1 and values
-        self.study.tell(trial, values[0] if single else values, state=state)
-        self.progress(head.label(), state.name)
+        frozen = self.study.tell(trial, values[0] if single else values, state=state)
+        self.finished(frozen)
         return state
 
     def record_baseline(self, result: TrialResult, seed: int) -> None:
@@ -118,4 +128,28 @@ class SearchContext:
         runs = [r for r in self.study.user_attrs.get("baseline", []) if r["seed"] != seed]
         runs.append(result_attrs(result, None, seed, "baseline"))
         self.study.set_user_attr("baseline", runs)
-        self.progress("baseline", result.status.upper())
+        self.emit(
+            "trial.finished",
+            {
+                "number": None,
+                "label": "baseline",
+                "seed": seed,
+                "state": "COMPLETE" if result.status == "completed" else "FAIL",
+                "values": None,
+                "attrs": runs[-1],
+            },
+        )
+
+    def finished(self, trial: optuna.trial.FrozenTrial) -> None:
+        attrs = dict(trial.user_attrs)
+        self.emit(
+            "trial.finished",
+            {
+                "number": trial.number,
+                "label": attrs.get("label"),
+                "seed": attrs.get("seed"),
+                "state": trial.state.name,
+                "values": trial.values,
+                "attrs": attrs,
+            },
+        )

@@ -81,8 +81,13 @@ def run_search(
     isolate: bool = True,
     storage_url: str | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> SearchOutcome:
-    """Run (or resume) the search ``spec`` and write ranking, recommendation and plot."""
+    """Run (or resume) the search ``spec`` and write ranking, recommendation and plot.
+
+    ``on_event(kind, data)`` hears ``trial.started``, ``trial.reported`` (each epoch) and
+    ``trial.finished`` (with the trial's values and user attributes) as they happen.
+    """
     url = storage_url or sqlite_url(data_dir)
     study = open_study(spec, url, resume=resume)
     reconciled = reconcile_orphans(study)
@@ -92,9 +97,12 @@ def run_search(
     )
     bar.update(sum(1 for t in study.trials if t.state.is_finished()))
 
-    def advance(label: str, status: str) -> None:
-        bar.update(1)
-        bar.set_postfix_str(f"{label}: {status}")
+    def emit(kind: str, data: dict[str, Any]) -> None:
+        if kind == "trial.finished":
+            bar.update(1)
+            bar.set_postfix_str(f"{data['label']}: {data['state']}")
+        if on_event is not None:
+            on_event(kind, data)
 
     budget = spec.budget.wall_clock_s
     ctx = SearchContext(
@@ -102,7 +110,7 @@ def run_search(
         study=study,
         workdir=workdir,
         runner=run_trial_isolated if isolate else run_trial_inline,
-        progress=advance,
+        emit=emit,
         deadline=time.monotonic() + budget if budget else None,
         should_cancel=should_cancel,
     )

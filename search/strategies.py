@@ -96,8 +96,10 @@ def run_optuna(ctx: SearchContext) -> None:
             for key, value in cached.user_attrs.items():
                 trial.set_user_attr(key, value)
             trial.set_user_attr("reused_from", cached.number)
-            ctx.study.tell(trial, cached.values if len(cached.values) > 1 else cached.value)
-            ctx.progress(head.label(), "REUSED")
+            frozen = ctx.study.tell(
+                trial, cached.values if len(cached.values) > 1 else cached.value
+            )
+            ctx.finished(frozen)
             continue
         result = ctx.run(
             spec.trial_config((head,), seed),

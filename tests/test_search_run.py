@@ -29,9 +29,17 @@ def load(tmp_path, outcome) -> optuna.Study:
 
 
 def test_joint_scores_every_head_of_one_run_and_recommends(tmp_path):
+    events = []
     outcome = run_search(
-        tiny(strategy="joint", include_baseline=True), tmp_path, progress=False, isolate=False
+        tiny(strategy="joint", include_baseline=True),
+        tmp_path,
+        progress=False,
+        isolate=False,
+        on_event=lambda kind, data: events.append((kind, data)),
     )
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "trial.started" and kinds.count("trial.finished") == 4  # 3 heads + baseline
+    assert {"epoch", "knn_cls"} <= set(next(d for k, d in events if k == "trial.reported"))
     assert outcome.status == "completed"
     study = load(tmp_path, outcome)
     trials = study.get_trials()
