@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from service import cli_remote  # noqa: F401  (registers the remote search commands)
 from service.cli_search import search_app
 from service.cli_train import export, heads, train
 

@@ -49,7 +49,7 @@ def load_spec(path: Path | None, overrides: dict[str, Any]):
         raise spec_error(exc) from None
 
 
-@search_app.command("run")
+@search_app.command("run", help="Run a whole search locally (SQLite, child processes) and rank.")
 @fail_cleanly
 def run(
     spec_file: Annotated[Path | None, typer.Argument(help="search spec (YAML or JSON)")] = None,
