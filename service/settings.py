@@ -52,8 +52,16 @@ class Settings(BaseSettings):
             return self.optuna_url
         url = self.resolved_database_url
         if url.startswith("postgresql"):
-            glue = "&" if "?" in url else "?"
-            return f"{url}{glue}options=-csearch_path%3D{self.optuna_schema}"
+            # libpq's `options` (psycopg 3 gets it from the URL query) selects the schema for
+            # every connection; any options already in the URL are kept.
+            from sqlalchemy import make_url
+
+            parsed = make_url(url)
+            options = " ".join(
+                filter(None, [parsed.query.get("options"), f"-csearch_path={self.optuna_schema}"])
+            )
+            parsed = parsed.update_query_dict({"options": options})
+            return parsed.render_as_string(hide_password=False)
         return f"sqlite:///{self._dir() / 'optuna.sqlite3'}"
 
     @property
