@@ -90,9 +90,11 @@ def create_search(
     planned: int,
     idempotency_key: str | None,
     queue: str,
+    search_id: uuid.UUID | None = None,
 ) -> tuple[Search, bool]:
     """Insert a search, its job and its first event (one transaction); with an idempotency key
-    the same body returns the first search (created=False), another body is a conflict."""
+    the same body returns the first search (created=False), another body is a conflict.
+    ``search_id`` lets the caller derive names from the id (the study) before the insert."""
     digest = spec_hash(spec)
     if idempotency_key:
         prior = s.scalar(
@@ -107,6 +109,7 @@ def create_search(
                     "use a new key for a new search"
                 )
             return prior, False
+    s.get(Tenant, tenant.id, with_for_update=True)  # serialise quota checks per tenant (PG)
     active = s.scalar(
         select(func.count())
         .select_from(Search)
@@ -123,6 +126,7 @@ def create_search(
             f"{tenant.max_trials_per_search} per search; shrink the budget"
         )
     search = Search(
+        id=search_id or uuid.uuid4(),
         tenant_id=tenant.id,
         name=name,
         spec=spec,
@@ -272,3 +276,20 @@ def events_after(s: Session, search_id: uuid.UUID, after: int, limit: int = 100)
 
 def counts_by_status(s: Session) -> dict[str, int]:
     return dict(s.execute(select(Search.status, func.count()).group_by(Search.status)).all())
+
+
+def metrics_snapshot(s: Session) -> dict[str, Any]:
+    """What ``/metrics`` reads from our tables (the queue depth is ``queue.queue_depth``):
+    searches by status, trials by state, and the count and sum of the finished trials' wall
+    times (attrs ``wall_time_s``)."""
+    trials = dict(
+        s.execute(select(SearchTrial.state, func.count()).group_by(SearchTrial.state)).all()
+    )
+    wall = SearchTrial.attrs["wall_time_s"].as_float()
+    count, total = s.execute(select(func.count(wall), func.coalesce(func.sum(wall), 0.0))).one()
+    return {
+        "searches": counts_by_status(s),
+        "trials": trials,
+        "trial_seconds_count": int(count or 0),
+        "trial_seconds_sum": float(total or 0.0),
+    }

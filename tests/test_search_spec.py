@@ -81,3 +81,11 @@ def test_flags_override_the_file(tmp_path):
     assert [h.family for h in spec.space.candidates()] == ["mlp"]
     with pytest.raises(HSSLError, match=r"invalid search spec: budget\.seeds"):
         load_spec(path, {"budget.seeds": 0})
+
+
+def test_wrong_types_are_named_not_crashes():
+    bad_head = errors_of({"space": {"heads": [{"family": "convnext", "depth": "x"}]}})
+    assert "HeadSpec field depth must be int, got 'x'" in bad_head
+    assert "trial config field lr must be float, got 'abc'" in errors_of(
+        {"trial_overrides": {"lr": "abc"}}
+    )

@@ -33,6 +33,17 @@ class HeadSpec:
     pooling: str = "avg"
 
     def __post_init__(self) -> None:
+        _check_types(
+            self,
+            {
+                "family": str,
+                "depth": int,
+                "kernel": int,
+                "first_residual": bool,
+                "pooling": str,
+                "width_ratio": (int, float, type(None)),
+            },
+        )
         if self.family not in HEAD_FAMILIES:
             raise SpecError(
                 f"unknown head family {self.family!r}; choose one of {', '.join(HEAD_FAMILIES)}"
@@ -91,6 +102,19 @@ class HeadSpec:
         return "-".join(parts)
 
 
+def _check_types(spec: Any, expected: dict[str, type | tuple[type, ...]]) -> None:
+    """Refuse values of the wrong type with the field's name (bools are not integers here)."""
+    for name, types in expected.items():
+        value = getattr(spec, name)
+        wrong_bool = isinstance(value, bool) and bool not in (
+            types if isinstance(types, tuple) else (types,)
+        )
+        if wrong_bool or not isinstance(value, types):
+            allowed = types if isinstance(types, tuple) else (types,)
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise SpecError(f"{type(spec).__name__} field {name} must be {names}, got {value!r}")
+
+
 def _parse_value(key: str, raw: str) -> Any:
     if key in ("depth", "kernel"):
         try:
@@ -130,6 +154,20 @@ class BaseSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        optional_int = (int, type(None))
+        _check_types(
+            self,
+            {
+                "name": str,
+                "img_size": int,
+                "patch_size": optional_int,
+                "depth": optional_int,
+                "width": optional_int,
+                "num_heads": optional_int,
+                "drop_path_rate": (int, float),
+                "extra": dict,
+            },
+        )
         if not 8 <= self.img_size <= 1024:
             raise SpecError(f"img_size must be 8..1024, got {self.img_size}")
         for name in ("patch_size", "depth", "width", "num_heads"):

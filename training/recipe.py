@@ -77,6 +77,7 @@ class TrialConfig:
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.variant not in VARIANTS:
             raise SpecError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.head_input not in HEAD_INPUTS:
@@ -92,6 +93,24 @@ class TrialConfig:
             raise SpecError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
         if self.eval_every < 0:
             raise SpecError("eval_every must be >= 0 (0 = only at the end)")
+
+    def _check_types(self) -> None:
+        """Scalar fields must have their declared type (a number for a float field)."""
+        kinds = {
+            "int": (int,),
+            "float": (int, float),
+            "bool": (bool,),
+            "str": (str,),
+            "int | None": (int, type(None)),
+            "float | None": (int, float, type(None)),
+        }
+        for f in fields(self):
+            allowed = kinds.get(str(f.type))
+            value = getattr(self, f.name)
+            if allowed is None:
+                continue
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+                raise SpecError(f"trial config field {f.name} must be {f.type}, got {value!r}")
 
     @property
     def masking(self) -> bool:

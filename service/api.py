@@ -1,0 +1,112 @@
+"""The HTTP API (FastAPI): ``uvicorn service.api:app`` or ``create_app(settings)`` in tests.
+
+It validates and stores searches and serves their results; it never trains (workers do, via
+``service.execute``). Importing this module touches no database: the engine is opened on the
+first request that needs it. Errors are RFC 9457 problem+json (``service.problems``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from sqlalchemy import Engine
+
+from search.spec import SearchSpec
+from service import problems
+from service.auth import RateLimiter
+from service.db import engine_for
+from service.metrics import RequestCounter
+from service.middleware import RequestGuard
+from service.routes import events, health, results, searches
+from service.schemas import Problem
+from service.settings import Settings, get_settings
+from service.submission import Dispatcher
+
+DESCRIPTION = """\
+Find the best auxiliary head for HSSL pre-training of a vision model: submit a search spec,
+follow its events, download the ranking and the recommendation.
+
+Every `/v1` route needs `Authorization: Bearer <API key>`. Errors are
+[RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) `application/problem+json`.
+"""
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    """The app; ``dispatcher.submitted(search_id, queue)`` is called after each new search
+    commits (None: the job row alone is the queue, e.g. for workers that poll it)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="hssl-search",
+        version="1",
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "searches", "description": "submit, list, read and cancel searches"},
+            {"name": "results", "description": "trials, ranking, recommendation"},
+            {"name": "events", "description": "Server-Sent Events of a search"},
+            {"name": "operations", "description": "health, readiness, metrics"},
+        ],
+    )
+    state = app.state
+    state.settings = settings
+    state.dispatcher = dispatcher
+    state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    state.requests = RequestCounter()
+    state.sse_poll_s = 0.5
+    state.sse_ping_s = 15.0
+    state.engine = _lazy_engine(settings)
+
+    problems.install(app)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, counter=state.requests)
+    for module in (searches, results, events, health):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _lazy_engine(settings: Settings):
+    """The engine, created on first use (so importing the app needs no database)."""
+    lock = threading.Lock()
+    holder: list[Engine] = []
+
+    def engine() -> Engine:
+        if not holder:
+            with lock:
+                if not holder:
+                    holder.append(
+                        engine_for(
+                            settings.resolved_database_url,
+                            settings.pool_size,
+                            settings.max_overflow,
+                        )
+                    )
+        return holder[0]
+
+    return engine
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the schemas our hand-written parts refer to (the request body
+    ``SearchSpec``, read by the route itself so bad input stays a 4xx; and ``Problem``)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+    )
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    template = "#/components/schemas/{model}"
+    for model in (SearchSpec, Problem):
+        schema = model.model_json_schema(ref_template=template, mode="validation")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    app.openapi_schema = doc
+    return doc
+
+
+app = create_app()

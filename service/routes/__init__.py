@@ -1,0 +1,67 @@
+"""The API's routers (thin: parse → one store or service call → a schema) and what they share."""
+
+from __future__ import annotations
+
+import http
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from service.problems import MEDIA_TYPE
+from service.schemas import PROBLEM_BASE
+from service.settings import Settings
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_SLUGS = {
+    400: "malformed-json",
+    401: "unauthorized",
+    404: "not-found",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "invalid-request",
+    429: "rate-limited",
+    503: "unavailable",
+}
+_DETAILS = {
+    400: "the body is not valid JSON: Expecting value: line 1 column 1 (char 0)",
+    401: "send your API key as 'Authorization: Bearer hssl_...'",
+    404: "no search 0f8fad5b-d9cb-469f-a165-70867728950e",
+    409: "no ranking yet: the search is running",
+    413: "the body is larger than 65536 bytes; a search spec is a few KB",
+    415: "the body must be application/json (got text/plain)",
+    422: "limit: Input should be less than or equal to 100",
+    429: "more than 600 requests a minute with this key; retry after 2 s",
+    503: "the database is not migrated to the newest revision; run `hssl migrate`",
+}
+
+
+def problems(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries: problem+json with the shared schema and an example."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        phrase = http.HTTPStatus(code).phrase
+        example = {
+            "type": PROBLEM_BASE + _SLUGS.get(code, "bad-request"),
+            "title": phrase,
+            "status": code,
+            "detail": _DETAILS.get(code, phrase),
+            "instance": "/v1/searches",
+        }
+        out[code] = {
+            "description": descriptions.get(f"d{code}", phrase),
+            "content": {MEDIA_TYPE: {"schema": PROBLEM_REF, "example": example}},
+        }
+    return out
+
+
+AUTH_PROBLEMS = (401, 429)
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine()

@@ -1,0 +1,177 @@
+"""Accepting a search: the body → a validated ``SearchSpec`` with its data resolved → one
+transaction (search + job + first event) → the dispatcher is told.
+
+Validation is complete here (timm names, head specs, data under the data root) so a bad spec
+is a 4xx now, never a failed job later; nothing here trains or imports the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from search.run import planned_runs
+from search.spec import SearchSpec
+from service import store
+from service.db import session_scope
+from service.errors import InvalidSpec
+from service.models import Search, Tenant
+from service.problems import MalformedBody, invalid_spec
+from service.settings import Settings
+from training.data.datasets import BUILTIN_SOURCES
+from training.errors import HSSLError
+
+log = logging.getLogger("service.api")
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class Dispatcher(Protocol):
+    def submitted(self, search_id: uuid.UUID, queue: str) -> None: ...
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object (NaN/Infinity refused: they are not JSON)."""
+    if not body.strip():
+        raise InvalidSpec(
+            "the body is empty; send a search spec as a JSON object ({} takes every default)",
+            errors=[{"field": "", "message": "a JSON object is required"}],
+        )
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedBody(f"the body is not valid JSON: {_first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise InvalidSpec(
+            f"the body must be a JSON object (a search spec), not {type(data).__name__}",
+            errors=[{"field": "", "message": "a JSON object is required"}],
+        )
+    return data
+
+
+def validate_spec(data: dict[str, Any]) -> SearchSpec:
+    """``SearchSpec`` validation; any error a validator lets slip is still a 422."""
+    try:
+        return SearchSpec.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_spec(exc) from None
+    except (HSSLError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        message = _first_line(exc) or type(exc).__name__
+        raise InvalidSpec(message, errors=[{"field": "", "message": message}]) from None
+
+
+def resolve_data(source: str, root: Path) -> str:
+    """A built-in source as is, else a folder inside ``root`` as its resolved absolute path
+    (symlinks resolved first, so a link pointing out of the root is refused)."""
+    if source in BUILTIN_SOURCES:
+        return source
+    try:
+        path = Path(source)
+        resolved = (path if path.is_absolute() else root / path).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _data_error(source, f"it cannot be resolved ({_first_line(exc)})", root) from None
+    if not resolved.is_relative_to(root):
+        raise _data_error(source, f"it resolves to {resolved}, outside the data root", root)
+    try:
+        is_dir = resolved.is_dir()
+    except (OSError, ValueError):
+        is_dir = False
+    if not is_dir:
+        raise _data_error(
+            source,
+            f"there is no folder {resolved}; use one of {', '.join(BUILTIN_SOURCES)} or a "
+            "folder <class name>/<images> under the data root",
+            root,
+        )
+    return str(resolved)
+
+
+def _data_error(source: str, why: str, root: Path) -> InvalidSpec:
+    message = f"data {source!r} cannot be used: {why} (the data root is {root})"
+    return InvalidSpec(message, errors=[{"field": "data", "message": message}], data_root=str(root))
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise InvalidSpec(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+            errors=[{"field": "Idempotency-Key", "message": "invalid header"}],
+        )
+    return key
+
+
+def submit_search(
+    settings: Settings,
+    engine: Engine,
+    tenant: Tenant,
+    body: bytes,
+    *,
+    idempotency_key: str | None = None,
+    dispatcher: Dispatcher | None = None,
+) -> tuple[Search, bool]:
+    """Validate and store a search; returns (search, created). A replay (same key and body)
+    returns the first search with created=False; the dispatcher hears only of new ones."""
+    key = check_idempotency_key(idempotency_key)
+    spec = validate_spec(parse_body(body))
+    spec = spec.model_copy(update={"data": resolve_data(spec.data, settings.resolved_data_root)})
+    planned = planned_runs(spec)
+    stored = spec.model_dump(mode="json")
+    search_id = uuid.uuid4()
+    try:
+        search, created = _insert(settings, engine, tenant, stored, spec, planned, key, search_id)
+    except IntegrityError:
+        # another request with the same Idempotency-Key committed first: answer as a replay
+        if key is None:
+            raise
+        search, created = _insert(settings, engine, tenant, stored, spec, planned, key, search_id)
+    if created and dispatcher is not None:
+        try:
+            dispatcher.submitted(search.id, settings.queue)
+        except Exception:  # the job row is the outbox: a worker or the sweeper still finds it
+            log.exception("dispatcher.submitted failed for search %s", search.id)
+    return search, created
+
+
+def _insert(
+    settings: Settings,
+    engine: Engine,
+    tenant: Tenant,
+    stored: dict[str, Any],
+    spec: SearchSpec,
+    planned: int,
+    key: str | None,
+    search_id: uuid.UUID,
+) -> tuple[Search, bool]:
+    study = f"hssl-{search_id}"
+    with session_scope(engine) as s:
+        return store.create_search(
+            s,
+            tenant,
+            spec=stored,
+            name=spec.name or study,
+            study_name=study,
+            planned=planned,
+            idempotency_key=key,
+            queue=settings.queue,
+            search_id=search_id,
+        )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+__all__ = ["Dispatcher", "submit_search"]
