@@ -1,0 +1,266 @@
+"""Run one submitted search to its end: the single entry point both dispatchers call.
+
+``execute_search`` loads the search, marks it running, runs ``search.run.run_search`` on the
+search's own Optuna study (trials in child processes), writes every event and finished trial
+to our tables as it happens, and finally stores the ranking and recommendation and the final
+status. It never raises (a dispatcher loop must survive any search): an error fails the
+search with a one-line reason.
+
+Cancellation is polled from the database at most every ``CANCEL_POLL_S`` seconds. A
+dispatcher that is shutting down sets ``interrupt``: the run is abandoned as if its process
+had died (the trial in flight is killed and not recorded; a trial Optuna had asked is failed
+as interrupted when the study resumes), and the search stays ``running`` so its next
+execution resumes the study where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+
+from service import store
+from service.db import engine_for, session_scope
+from service.models import Search
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 2.0
+INTERRUPTED = "interrupted"
+
+
+class Interrupted(BaseException):
+    """Raised through ``run_search`` when ``interrupt`` is set (a BaseException, so no
+    ``except Exception`` on the way records it as a failed trial)."""
+
+
+class Flag(Protocol):
+    """What stops a run without cancelling it (a threading.Event, or several: AnyOf)."""
+
+    def is_set(self) -> bool: ...
+
+
+def engine_of(settings: Settings) -> Engine:
+    return engine_for(settings.resolved_database_url, settings.pool_size, settings.max_overflow)
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON (PostgreSQL's json type refuses NaN and Infinity): non-finite floats become
+    None, tuples lists, other odd values their string."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    text = " ".join(str(exc).split()) or "no details"
+    line = f"{type(exc).__name__}: {text}"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class CancelPoll:
+    """``should_cancel`` for ``run_search``: True once the search's cancel was requested
+    (read from the database at most every ``every`` seconds); raises ``Interrupted`` once
+    ``interrupt`` is set (a cancel already seen wins)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        search_id: uuid.UUID,
+        interrupt: Flag | None = None,
+        every: float = CANCEL_POLL_S,
+    ) -> None:
+        self.engine, self.search_id, self.interrupt, self.every = (
+            engine,
+            search_id,
+            interrupt,
+            every,
+        )
+        self.requested = False
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def interrupted(self) -> bool:
+        return self.interrupt is not None and self.interrupt.is_set()
+
+    def check_now(self) -> bool:
+        with session_scope(self.engine) as s:
+            self.requested = self.requested or store.cancel_requested(s, self.search_id)
+        self._last = time.monotonic()
+        return self.requested
+
+    def __call__(self) -> bool:
+        if self.requested:
+            return True
+        if self.interrupted():
+            raise Interrupted
+        with self._lock:
+            if time.monotonic() - self._last >= self.every:
+                try:
+                    self.check_now()
+                except Exception as exc:  # the database blinked: ask again next time
+                    self._last = time.monotonic()
+                    log.warning("search %s: cancel poll failed: %s", self.search_id, one_line(exc))
+        return self.requested
+
+
+class EventWriter:
+    """``on_event`` for ``run_search``: each event a row of ``search_events``; a finished
+    trial (with a study number) also a row of ``search_trials``. A failed write is logged,
+    not raised: the study is the record, and trials are copied again at the end."""
+
+    def __init__(self, engine: Engine, search_id: uuid.UUID) -> None:
+        self.engine, self.search_id = engine, search_id
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        data = jsonable(data)
+        try:
+            with session_scope(self.engine) as s:
+                store.add_event(s, self.search_id, kind, data)
+                if kind == "trial.finished" and data.get("number") is not None:
+                    store.save_trial(s, s.get(Search, self.search_id), trial_row(data))
+        except Exception as exc:
+            log.warning("search %s: could not record %s: %s", self.search_id, kind, one_line(exc))
+
+
+def trial_row(data: dict[str, Any]) -> dict[str, Any]:
+    attrs = data.get("attrs") or {}
+    seed = data.get("seed", attrs.get("seed"))
+    return {
+        "number": data["number"],
+        "label": str(data.get("label") or attrs.get("label") or "unknown")[:200],
+        "seed": seed if isinstance(seed, int) else -1,
+        "state": data.get("state") or "FAIL",
+        "values": data.get("values"),
+        "attrs": attrs,
+    }
+
+
+def execute_search(
+    settings: Settings, search_id: uuid.UUID | str, *, interrupt: Flag | None = None
+) -> str:
+    """Run the search to its end; returns its final status (``completed``, ``failed``,
+    ``cancelled``), or ``interrupted`` when ``interrupt`` stopped it (still ``running``, to
+    be resumed). A search already final returns at once. Never raises."""
+    try:
+        sid = search_id if isinstance(search_id, uuid.UUID) else uuid.UUID(str(search_id))
+        engine = engine_of(settings)
+    except Exception as exc:
+        log.error("search %s: cannot start: %s", search_id, one_line(exc))
+        return "failed"
+    try:
+        return _execute(settings, engine, sid, interrupt)
+    except Exception as exc:
+        log.exception("search %s failed", sid)
+        return _fail(engine, sid, one_line(exc))
+
+
+def _fail(engine: Engine, sid: uuid.UUID, error: str) -> str:
+    try:
+        with session_scope(engine) as s:
+            search = s.get(Search, sid, with_for_update=True)
+            if search is None:
+                return "failed"
+            if search.status in store.FINAL:
+                return search.status
+            store.set_status(s, search, "failed", error)
+    except Exception as exc:
+        log.error("search %s: could not record its failure (%s): %s", sid, error, one_line(exc))
+    return "failed"
+
+
+def _execute(settings: Settings, engine: Engine, sid: uuid.UUID, interrupt: Flag | None) -> str:
+    from search.run import run_search
+    from search.spec import SearchSpec
+
+    with session_scope(engine) as s:
+        search = s.get(Search, sid, with_for_update=True)
+        if search is None:
+            log.error("search %s does not exist", sid)
+            return "failed"
+        if search.status in store.FINAL:
+            return search.status
+        if search.status != "cancelling":  # a cancel asked before a restart still stands
+            store.set_status(s, search, "running")
+        raw, study = dict(search.spec), search.study_name
+    spec = SearchSpec.model_validate({**raw, "name": study})
+
+    poll = CancelPoll(engine, sid, interrupt)
+    try:
+        outcome = run_search(
+            spec,
+            settings.data_dir,
+            storage_url=settings.resolved_optuna_url,
+            resume=True,
+            progress=False,
+            isolate=True,
+            should_cancel=poll,
+            on_event=EventWriter(engine, sid),
+        )
+    except Interrupted:
+        EventWriter(engine, sid)("search.interrupted", {"reason": "its worker is stopping"})
+        return INTERRUPTED
+    _copy_trials(engine, sid, outcome.storage, outcome.study)
+
+    recommendation = None
+    path = outcome.files.get("json")
+    if path is not None and Path(path).is_file():
+        recommendation = json.loads(Path(path).read_text())
+    final = "cancelled" if outcome.status == "cancelled" else "completed"
+    with session_scope(engine) as s:
+        search = s.get(Search, sid, with_for_update=True)
+        if search.status in store.FINAL:  # e.g. failed by a stale-job sweep meanwhile
+            return search.status
+        store.save_results(s, search, jsonable(outcome.ranking), jsonable(recommendation))
+        store.set_status(s, search, final)
+    return final
+
+
+def _copy_trials(engine: Engine, sid: uuid.UUID, storage_url: str, study_name: str) -> None:
+    """Copy every finished trial of the study (the record) into ``search_trials``, so rows a
+    crash or a failed write missed are there before the search is final."""
+    import optuna
+
+    from search.storage import make_storage
+
+    storage = make_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        finished = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and "label" in t.user_attrs
+        ]
+    finally:
+        storage.engine.dispose()  # one engine per search: do not keep its connections
+    rows = [
+        trial_row(
+            {
+                "number": t.number,
+                "label": t.user_attrs.get("label"),
+                "seed": t.user_attrs.get("seed"),
+                "state": t.state.name,
+                "values": t.values,
+                "attrs": dict(t.user_attrs),
+            }
+        )
+        for t in finished
+    ]
+    with session_scope(engine) as s:
+        search = s.get(Search, sid)
+        for row in rows:
+            store.save_trial(s, search, jsonable(row))

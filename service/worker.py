@@ -1,0 +1,214 @@
+"""PostgreSQL workers: procrastinate runs ``execute_search`` for searches the API deferred.
+
+Run one worker per GPU, each pinned to its device by the operator::
+
+    CUDA_VISIBLE_DEVICES=0 hssl worker --queue gpu-a100 &
+    CUDA_VISIBLE_DEVICES=1 hssl worker --queue gpu-a100 &
+
+(``HSSL_DATABASE_URL`` names the PostgreSQL database; ``--concurrency`` above 1 runs several
+searches, and so several trial processes, on the same device.)
+
+Tasks:
+
+- ``run_search_job(search_id)`` runs one search (idempotent: a search already final returns
+  at once; a re-run resumes its study). On a clean shutdown (SIGTERM/SIGINT) the running
+  searches stop within about a second, stay ``running`` and go back to our outbox, from which
+  the next maintenance run defers them again.
+- ``hssl_maintenance`` (periodic, every minute, on the ``hssl-maintenance`` queue every worker
+  also listens to): retries procrastinate jobs of dead workers (failing the job and its search
+  after 3 attempts), and re-defers searches whose ``jobs`` row is still ``queued`` after 30 s
+  (the API died between its commit and its defer, or procrastinate was unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from typing import Any
+
+import procrastinate
+from procrastinate import exceptions as pq_exceptions
+from procrastinate.jobs import Status
+from sqlalchemy.engine import make_url
+
+from service import queue as jobs
+from service.db import session_scope
+from service.dispatch import AnyOf, Heartbeat
+from service.execute import INTERRUPTED, engine_of, execute_search, one_line
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_TASK = "run_search_job"
+MAINTENANCE_TASK = "hssl_maintenance"
+MAINTENANCE_QUEUE = "hssl-maintenance"
+OUTBOX_AFTER_S = 30.0
+STALLED_AFTER_S = 30.0  # procrastinate's worker heartbeat is every 10 s
+
+
+def conninfo(database_url: str) -> str:
+    """A libpq connection string from a SQLAlchemy URL (``postgresql+psycopg://`` → ``postgresql://``)."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        raise ValueError(f"procrastinate needs PostgreSQL, not {url.get_backend_name()}")
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_app(settings: Settings, interrupt: threading.Event | None = None) -> procrastinate.App:
+    """A procrastinate App on the settings' database with our two tasks. The API defers
+    with it (``open()``), a worker runs it (``open_async()``); ``interrupt`` stops the
+    searches this process runs (set on shutdown)."""
+    connector = procrastinate.PsycopgConnector(
+        conninfo=conninfo(settings.resolved_database_url), min_size=1, max_size=4
+    )
+    app = procrastinate.App(connector=connector)
+
+    @app.task(name=RUN_TASK, queue=settings.queue, pass_context=True)
+    def run_search_job(context: procrastinate.JobContext, search_id: str) -> str:
+        return run_job(settings, uuid.UUID(search_id), context.job.id, interrupt)
+
+    @app.periodic(cron="* * * * *", periodic_id="every-minute", queueing_lock=MAINTENANCE_TASK)
+    @app.task(name=MAINTENANCE_TASK, queue=MAINTENANCE_QUEUE, priority=100)
+    async def maintenance(timestamp: int) -> dict[str, int]:
+        return await maintain(app, settings)
+
+    return app
+
+
+def run_job(
+    settings: Settings,
+    search_id: uuid.UUID,
+    pq_job_id: int | None,
+    interrupt: threading.Event | None,
+) -> str:
+    """The body of ``run_search_job``: our job row ``running`` (with heartbeats) while the
+    search runs, then ``done``/``failed``, or back to ``queued`` if interrupted."""
+    worker = f"procrastinate:{socket.gethostname()}:{os.getpid()}:{pq_job_id}"
+    engine = engine_of(settings)
+    try:
+        with session_scope(engine) as s:
+            job_id = jobs.start_search_job(s, search_id, worker)
+    except Exception as exc:  # run it anyway: the search's own status is what counts
+        log.warning("search %s: could not mark its job running: %s", search_id, one_line(exc))
+        job_id = None
+    beat = Heartbeat(settings, job_id, worker) if job_id is not None else None
+    stop = AnyOf(interrupt, beat.lost if beat else None)
+    try:
+        status = execute_search(settings, search_id, interrupt=stop)
+    finally:
+        if beat is not None:
+            beat.stop()
+    if job_id is not None:
+        try:
+            with session_scope(engine) as s:
+                if status == INTERRUPTED:
+                    jobs.release_job(s, job_id, worker)
+                else:
+                    jobs.finish_job(s, job_id, "failed" if status == "failed" else "done", worker)
+        except Exception as exc:
+            log.warning("job %s: could not record %s: %s", job_id, status, one_line(exc))
+    log.info("search %s: %s", search_id, status)
+    return status
+
+
+async def maintain(app: procrastinate.App, settings: Settings) -> dict[str, int]:
+    """Retry the run jobs of dead workers (fail them with their search after 3 attempts) and
+    defer again the searches our outbox still holds."""
+    engine = engine_of(settings)
+    retried = failed = redeferred = 0
+    stalled = await app.job_manager.get_stalled_jobs(
+        task_name=RUN_TASK, seconds_since_heartbeat=STALLED_AFTER_S
+    )
+    for job in stalled:
+        search_id = uuid.UUID(str(job.task_kwargs.get("search_id")))
+        try:
+            if job.attempts + 1 >= jobs.MAX_ATTEMPTS:
+                await app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
+                reason = f"gave up after {job.attempts + 1} attempts: its worker stopped"
+                await asyncio.to_thread(
+                    _in_session, engine, jobs.fail_search_job, search_id, reason
+                )
+                failed += 1
+            else:
+                await app.job_manager.retry_job(job)
+                retried += 1
+        except Exception as exc:  # another worker got there first, or the lock is taken
+            log.warning("stalled job %s: %s", job.id, one_line(exc))
+    waiting = await asyncio.to_thread(_in_session, engine, jobs.outbox, OUTBOX_AFTER_S)
+    for search_id, queue in waiting:
+        try:
+            await defer_search_async(app, search_id, queue)
+        except pq_exceptions.AlreadyEnqueued:
+            pass
+        except Exception as exc:
+            log.warning("search %s: defer failed: %s", search_id, one_line(exc))
+            continue
+        await asyncio.to_thread(_in_session, engine, jobs.mark_deferred, search_id)
+        redeferred += 1
+    summary = {"retried": retried, "failed": failed, "redeferred": redeferred}
+    if any(summary.values()):
+        log.info("maintenance: %s", summary)
+    return summary
+
+
+def _in_session(engine, func, *args: Any) -> Any:
+    with session_scope(engine) as s:
+        return func(s, *args)
+
+
+def _deferrer(app: procrastinate.App, search_id: uuid.UUID, queue: str):
+    return app.configure_task(RUN_TASK, queue=queue, queueing_lock=str(search_id))
+
+
+def defer_search(app: procrastinate.App, search_id: uuid.UUID, queue: str) -> int:
+    """Defer ``run_search_job`` (one waiting job per search: queueing lock = its id)."""
+    return _deferrer(app, search_id, queue).defer(search_id=str(search_id))
+
+
+async def defer_search_async(app: procrastinate.App, search_id: uuid.UUID, queue: str) -> int:
+    return await _deferrer(app, search_id, queue).defer_async(search_id=str(search_id))
+
+
+def run_worker(
+    settings: Settings, queue: str | None = None, concurrency: int = 1, name: str | None = None
+) -> None:
+    """Run a worker until SIGTERM/SIGINT: it takes ``run_search_job`` jobs of ``queue``
+    (default settings.queue) and the maintenance jobs, ``concurrency`` searches at a time.
+    On a signal the running searches are interrupted (to be resumed elsewhere) and it exits."""
+    from procrastinate.worker import Worker
+
+    interrupt = threading.Event()
+    app = make_app(settings, interrupt)
+    queues = [queue or settings.queue, MAINTENANCE_QUEUE]
+
+    async def main() -> None:
+        async with app.open_async():
+            worker = Worker(
+                app=app,
+                queues=queues,
+                concurrency=concurrency,
+                name=name or f"hssl-{socket.gethostname()}-{os.getpid()}",
+                install_signal_handlers=False,
+                delete_jobs="successful",
+            )
+            loop = asyncio.get_running_loop()
+
+            def stop() -> None:
+                log.info("stopping: interrupting running searches")
+                interrupt.set()
+                worker.stop()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop)
+            try:
+                await worker.run()
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+    asyncio.run(main())

@@ -1,0 +1,89 @@
+"""Shared pieces of the execution and dispatch tests: submit a search straight into the
+tables (as the API does), read back its row, events and job, wait for a condition."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from search.run import planned_runs
+from search.spec import SearchSpec
+from service import store
+from service.db import session_scope
+from service.execute import engine_of
+from service.models import Job, Search, SearchEvent, SearchTrial
+from service.settings import Settings
+
+
+def new_search(
+    settings: Settings, spec: SearchSpec, *, tenant: str = "acme", queue: str | None = None
+) -> uuid.UUID:
+    """A tenant (made once) and a queued search of ``spec`` with its job, like a POST."""
+    search_id = uuid.uuid4()
+    with session_scope(engine_of(settings)) as s:
+        owner = store.tenant_by_name(s, tenant) or store.create_tenant(
+            s, tenant, max_concurrent=50, max_trials=500
+        )
+        store.create_search(
+            s,
+            owner,
+            spec=spec.model_dump(mode="json"),
+            name=spec.name or f"hssl-{search_id}",
+            study_name=f"hssl-{search_id}",
+            planned=planned_runs(spec),
+            idempotency_key=None,
+            queue=queue or settings.queue,
+            search_id=search_id,
+        )
+    return search_id
+
+
+def search_row(settings: Settings, search_id: uuid.UUID) -> Search:
+    with session_scope(engine_of(settings)) as s:
+        return s.get(Search, search_id)
+
+
+def job_row(settings: Settings, search_id: uuid.UUID) -> Job:
+    with session_scope(engine_of(settings)) as s:
+        return s.scalar(select(Job).where(Job.search_id == search_id))
+
+
+def events(settings: Settings, search_id: uuid.UUID) -> list[tuple[str, dict[str, Any]]]:
+    with session_scope(engine_of(settings)) as s:
+        rows = s.scalars(
+            select(SearchEvent).where(SearchEvent.search_id == search_id).order_by(SearchEvent.id)
+        )
+        return [(e.kind, e.data) for e in rows]
+
+
+def trials(settings: Settings, search_id: uuid.UUID) -> list[SearchTrial]:
+    with session_scope(engine_of(settings)) as s:
+        return list(
+            s.scalars(
+                select(SearchTrial)
+                .where(SearchTrial.search_id == search_id)
+                .order_by(SearchTrial.number)
+            )
+        )
+
+
+def cancel(settings: Settings, search_id: uuid.UUID) -> str:
+    with session_scope(engine_of(settings)) as s:
+        search = s.get(Search, search_id)
+        return store.request_cancel(s, search.tenant_id, search_id).status
+
+
+def wait_for(check: Callable[[], Any], timeout: float, every: float = 0.25, what: str = "") -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
+        time.sleep(every)

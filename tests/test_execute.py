@@ -1,0 +1,108 @@
+"""execute_search: a stored search runs to its end (trials in child processes), writing
+events, trial rows, ranking and recommendation; a cancel stops it within seconds; a search
+whose every trial fails completes without a recommendation."""
+
+import threading
+import time
+
+import pytest
+
+from service.execute import execute_search
+from tests.dispatch_helpers import cancel, events, new_search, search_row, trials, wait_for
+from tests.search_helpers import tiny
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Trial processes inherit the environment: one thread each on this shared machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+
+
+@pytest.mark.slow
+def test_a_search_runs_to_completed_with_events_trials_and_results(settings):
+    sid = new_search(settings, tiny(strategy="joint"))
+    assert execute_search(settings, sid) == "completed"
+
+    search = search_row(settings, sid)
+    assert search.status == "completed" and search.error is None
+    assert search.started_at is not None and search.finished_at is not None
+    assert (search.planned, search.finished, search.failed) == (3, 3, 0)
+    assert search.ranking["heads"] and search.best["label"] == search.ranking["heads"][0]["label"]
+    assert search.recommendation["schema"].startswith("hssl")
+    rows = trials(settings, sid)
+    assert [t.number for t in rows] == [0, 1, 2]
+    assert {t.state for t in rows} == {"COMPLETE"} and all(t.values for t in rows)
+
+    kinds = [kind for kind, _ in events(settings, sid)]
+    assert kinds[:3] == ["search.queued", "search.running", "trial.started"]
+    assert "trial.reported" in kinds and kinds.count("trial.finished") == 3
+    assert kinds[-1] == "search.completed"
+    reported = next(data for kind, data in events(settings, sid) if kind == "trial.reported")
+    assert {"run", "epoch", "knn_cls"} <= set(reported)
+
+    # idempotent: a final search returns at once, writing nothing
+    started = time.monotonic()
+    assert execute_search(settings, sid) == "completed"
+    assert time.monotonic() - started < 5 and len(events(settings, sid)) == len(kinds)
+
+
+@pytest.mark.slow
+def test_a_cancel_requested_while_running_ends_cancelled_within_seconds(
+    sqlite_database_url, tmp_path
+):
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, sqlite_database_url)
+    spec = tiny(strategy="independent", budget={"epochs": 200, "data_limit": 320})
+    sid = new_search(settings, spec)
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(status=execute_search(settings, sid)))
+    runner.start()
+    wait_for(
+        lambda: any(k == "trial.reported" for k, _ in events(settings, sid)),
+        timeout=180,
+        what="the first epoch report",
+    )
+    assert cancel(settings, sid) == "cancelling"
+    asked = time.monotonic()
+    runner.join(timeout=60)
+    took = time.monotonic() - asked
+    assert not runner.is_alive() and result["status"] == "cancelled"
+    assert took < 20, f"cancel took {took:.1f} s"
+    search = search_row(settings, sid)
+    assert search.status == "cancelled" and search.finished_at is not None
+    assert search.finished < search.planned  # it stopped early
+    kinds = [k for k, _ in events(settings, sid)]
+    assert "search.cancelling" in kinds and kinds[-1] == "search.cancelled"
+
+
+@pytest.mark.slow
+def test_a_search_whose_every_trial_fails_completes_without_recommendation(settings):
+    # (on PostgreSQL too: failed trials carry NaN losses, which its json type refuses)
+    spec = tiny(strategy="joint", trial_overrides={"student_temp": 1e-45})
+    sid = new_search(settings, spec)
+    assert execute_search(settings, sid) == "completed"
+    search = search_row(settings, sid)
+    assert search.status == "completed" and search.error is None
+    assert search.recommendation is None and search.best is None
+    assert search.ranking is not None and (search.finished, search.failed) == (3, 3)
+    rows = trials(settings, sid)
+    assert len(rows) == 3 and {t.state for t in rows} == {"FAIL"}
+    assert all(t.attrs.get("failure_reason") for t in rows)
+
+
+def test_an_unrunnable_spec_fails_the_search_with_a_one_line_error(settings):
+    sid = new_search(settings, tiny(strategy="joint"))
+    # a different spec under the same study name: run_search refuses to resume it
+    from service.db import session_scope
+    from service.execute import engine_of
+    from service.models import Search
+
+    with session_scope(engine_of(settings)) as s:
+        search = s.get(Search, sid)
+        search.spec = {**search.spec, "space": {"heads": ["not-a-family:depth=1"]}}
+    assert execute_search(settings, sid) == "failed"
+    search = search_row(settings, sid)
+    assert search.status == "failed" and search.error and "\n" not in search.error
+    assert events(settings, sid)[-1] == ("search.failed", {"error": search.error})
