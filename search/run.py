@@ -24,6 +24,7 @@ from search.runner import run_trial_inline, run_trial_isolated
 from search.sampling import pruner_settings, sampler_settings
 from search.spec import SearchSpec
 from search.storage import (
+    close_study,
     directions,
     make_storage,
     reconcile_orphans,
@@ -131,6 +132,7 @@ def run_search(
     study.set_user_attr("status", status)
     report = report_of(study, spec)
     files = write_outputs(study, spec, report, url, workdir)
+    close_study(study)
     return SearchOutcome(
         study.study_name, url, status, report["table"], report["ranking"], files, reconciled
     )

@@ -27,6 +27,14 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
+def close_study(study: optuna.Study) -> None:
+    """Release the study's database connections (a long-running server opens one per search)."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 def study_name(spec: SearchSpec) -> str:
     """The spec's name, or one derived from its content (same spec → same study)."""
     if spec.name:

@@ -75,12 +75,19 @@ def submit(
     key: Key = None,
     idempotency_key: Annotated[str | None, typer.Option(help="retry-safe submission key")] = None,
     watch_it: Annotated[bool, typer.Option("--watch", help="follow it to the end")] = False,
+    download_to: Annotated[
+        Path | None, typer.Option("--download", help="after --watch, save the recommendation")
+    ] = None,
 ) -> None:
     client = Client(url, key)
     search = client.submit(read_spec(spec_file), idempotency_key or str(uuid.uuid4()))
     typer.echo(summary(search))
-    if watch_it:
+    if watch_it or download_to:
         follow(client, search["id"])
+    if download_to:
+        fmt = "json" if download_to.suffix == ".json" else "yaml"
+        download_to.write_bytes(client.recommendation(search["id"], fmt))
+        typer.echo(f"recommendation: {download_to}")
 
 
 @search_app.command("status", help="Show one search.")
