@@ -25,8 +25,11 @@ def database_url() -> str:
 
 def run_offline() -> None:
     context.configure(
-        url=database_url(), target_metadata=Base.metadata, literal_binds=True,
-        version_table=VERSION_TABLE, render_as_batch=True,
+        url=database_url(),
+        target_metadata=Base.metadata,
+        literal_binds=True,
+        version_table=VERSION_TABLE,
+        render_as_batch=True,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -41,7 +44,9 @@ def run_online() -> None:
         engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(
-            connection=connection, target_metadata=Base.metadata, version_table=VERSION_TABLE,
+            connection=connection,
+            target_metadata=Base.metadata,
+            version_table=VERSION_TABLE,
             render_as_batch=True,
         )
         with context.begin_transaction():

@@ -62,14 +62,25 @@ def test_a_killed_trial_fails_with_a_reason_and_the_search_completes(tmp_path):
 def test_cli_search_run_prints_the_ranking_and_writes_the_recommendation(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({**TINY_SEARCH, "name": "cli-search"}))
-    proc = run([str(BIN / "hssl"), "search", "run", str(spec), "--data-dir", str(tmp_path),
-                "--no-progress"], timeout=600)
+    proc = run(
+        [
+            str(BIN / "hssl"),
+            "search",
+            "run",
+            str(spec),
+            "--data-dir",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank" in proc.stdout and "floor" in proc.stdout and "search cli-search: completed"
     rec = json.loads((tmp_path / "searches" / "cli-search" / "recommendation.json").read_text())
     assert rec["lineage"]["study"] == "cli-search"
-    bad = run([str(BIN / "hssl"), "search", "run", "--base", "resnet_18", "--data-dir",
-               str(tmp_path)])
+    bad = run(
+        [str(BIN / "hssl"), "search", "run", "--base", "resnet_18", "--data-dir", str(tmp_path)]
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "base.name: unknown timm model 'resnet_18'; did you mean: resnet18" in bad.stderr
 
@@ -84,8 +95,16 @@ def test_optuna_dashboard_opens_the_search_study(tmp_path):
     outcome = run_search(tiny(name="dash"), tmp_path, progress=False, isolate=False)
     port = free_port()
     server = subprocess.Popen(
-        [str(BIN / "optuna-dashboard"), outcome.storage, "--host", "127.0.0.1", "--port",
-         str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "optuna-dashboard"),
+            outcome.storage,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline, body = time.time() + 60, None
