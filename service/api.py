@@ -109,4 +109,17 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
-app = create_app()
+def _module_app() -> FastAPI:
+    """``uvicorn service.api:app``: on PostgreSQL with no local workers the API hands each new
+    search to procrastinate (``hssl worker`` runs it); otherwise the job row is the queue (the
+    dispatcher of ``hssl serve`` claims it). Nothing connects before the first request."""
+    settings = get_settings()
+    dispatcher = None
+    if (settings.database_url or "").startswith("postgresql") and settings.local_workers == 0:
+        from service.dispatch import ProcrastinateDispatcher
+
+        dispatcher = ProcrastinateDispatcher(settings)
+    return create_app(settings, dispatcher)
+
+
+app = _module_app()

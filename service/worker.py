@@ -182,6 +182,8 @@ def run_worker(
     On a signal the running searches are interrupted (to be resumed elsewhere) and it exits."""
     from procrastinate.worker import Worker
 
+    import search.run  # noqa: F401  (torch/timm/optuna load now, not on the first job: ~6 s)
+
     interrupt = threading.Event()
     app = make_app(settings, interrupt)
     queues = [queue or settings.queue, MAINTENANCE_QUEUE]
