@@ -1,0 +1,727 @@
+"""HTTP API under load on PostgreSQL, and how fast an idle worker picks up a search.
+
+Prints one JSON line. Needs only the repo, its venv and Debian's PostgreSQL binaries: it starts
+a throwaway cluster on loopback (``tests.pg.Cluster``), migrates a template database and clones
+it twice (one database per phase, so phase 1's queued searches never reach phase 2's worker).
+
+- Phase 1 (load): ``hssl serve`` with ``HSSL_LOCAL_WORKERS=0`` (the PostgreSQL production path:
+  the API defers each new search to procrastinate; no worker runs in this phase, so the searches
+  stay queued) in its own process; ``--clients`` asyncio clients (one ``httpx.AsyncClient``) for
+  ``--seconds`` mix submit (POST /v1/searches, tiny spec, unique Idempotency-Key), status
+  (GET /v1/searches/{id} of a random submitted search) and list (GET /v1/searches?limit=20).
+  Per-route latency p50/p90/p99, errors (non-2xx or exceptions) with samples, requests/s, the
+  database's connection count sampled every second against the API's pool budget, and the CPU
+  each part used (the load generator shares the machine with the server and PostgreSQL).
+- Phase 2 (dispatch): a fresh ``hssl serve`` (procrastinate dispatcher) and one idle
+  ``hssl worker``; submit one tiny search (``--dispatch-runs`` times, one after the other) and
+  time submit → procrastinate's job taken, → ``search.running``, → first ``trial.started``
+  (``dispatch_latency_s``, target ≤ 2 s) and → search finished (``search_completed_s``), from
+  the rows' own timestamps. The first search is the one a freshly started idle worker takes
+  (``dispatch_latency_s``); later ones find it warm (``dispatch_latency_warm_s``).
+
+    .venv/bin/python bench/api_load.py --seconds 5
+    .venv/bin/python bench/api_load.py            # 50 clients, 30 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from sqlalchemy import create_engine, pool
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from service import store  # noqa: E402
+from service.db import session_scope  # noqa: E402
+from service.migrate import migrate  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from tests.pg import Cluster, free_port  # noqa: E402
+from tests.search_helpers import TINY_SEARCH  # noqa: E402
+
+ROUTES = ("submit", "status", "list")
+PROCRASTINATE_POOL_MAX = 4  # service.worker.make_app: PsycopgConnector(max_size=4)
+GENEROUS = 1_000_000_000
+FINAL = ("completed", "failed", "cancelled")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def say(message: str) -> None:
+    print(f"[api_load] {message}", file=sys.stderr, flush=True)
+
+
+def hssl_bin() -> str:
+    beside = Path(sys.executable).parent / "hssl"
+    found = str(beside) if beside.is_file() else shutil.which("hssl")
+    if not found:
+        raise RuntimeError("the `hssl` entry point was not found (run with the repo's venv)")
+    return found
+
+
+# ---- processes --------------------------------------------------------------------------
+class Proc:
+    """A child in its own process group (its trial processes too), logging to a file."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.name = name
+        self.log = cwd / f"{name}.log"
+        with self.log.open("w") as out:
+            self.popen = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                say(f"{self.name} ignored SIGTERM for {timeout:g} s; killing it")
+        # whatever is left of its group (the leader, or trial processes it left behind)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSSL_")}
+    env.update(
+        HSSL_DATABASE_URL=settings.resolved_database_url,
+        HSSL_DATA_DIR=str(settings.data_dir),
+        HSSL_DATA_ROOT=str(settings.resolved_data_root),
+        HSSL_LOCAL_WORKERS=str(settings.local_workers),
+        HSSL_POOL_SIZE=str(settings.pool_size),
+        HSSL_MAX_OVERFLOW=str(settings.max_overflow),
+        HSSL_RATE_LIMIT_PER_MINUTE=str(settings.rate_limit_per_minute),
+        HSSL_MAX_CONCURRENT_SEARCHES=str(settings.max_concurrent_searches),
+        HSSL_QUEUE=settings.queue,
+    )
+    return env
+
+
+def api_command(server: str, port: int) -> list[str]:
+    """``serve``: ``hssl serve`` (with HSSL_LOCAL_WORKERS=0 its dispatcher defers to
+    procrastinate); ``uvicorn``: the module-level ``service.api:app``, as deployed behind
+    ``uvicorn`` (whatever dispatcher that app has)."""
+    if server == "serve":
+        return [hssl_bin(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    uvicorn = [sys.executable, "-m", "uvicorn", "service.api:app"]
+    return [*uvicorn, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def start_api(settings: Settings, workdir: Path, name: str, server: str) -> tuple[Proc, str]:
+    port = free_port()
+    proc = Proc(name, api_command(server, port), child_env(settings), workdir)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if not proc.alive():
+            raise RuntimeError(f"{name} exited ({proc.popen.returncode}):\n{proc.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return proc, url
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not become ready in 120 s:\n{proc.tail()}")
+        time.sleep(0.2)
+
+
+# ---- database ---------------------------------------------------------------------------
+def make_key(settings: Settings, tenant_name: str) -> str:
+    """A tenant whose quotas never bind, and its key."""
+    engine = create_engine(settings.resolved_database_url, poolclass=pool.NullPool)
+    try:
+        with session_scope(engine) as s:
+            tenant = store.create_tenant(
+                s,
+                tenant_name,
+                max_concurrent=settings.max_concurrent_searches,
+                max_trials=settings.max_trials_per_search,
+            )
+            key, _ = store.create_api_key(s, tenant, name="bench")
+        return key
+    finally:
+        engine.dispose()
+
+
+class ConnectionSampler:
+    """Backends connected to one database (this sampler's own excluded), every ``every`` s."""
+
+    QUERY = """
+        SELECT count(*), count(*) FILTER (WHERE state = 'active'),
+               count(*) FILTER (WHERE state LIKE 'idle in transaction%%')
+        FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()
+    """
+
+    def __init__(self, conninfo: str, dbname: str, every: float = 1.0) -> None:
+        self.conninfo, self.dbname, self.every = conninfo, dbname, every
+        self.samples: list[tuple[int, int, int]] = []
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pg-sampler", daemon=True)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        try:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                while True:
+                    row = conn.execute(self.QUERY, (self.dbname,)).fetchone()
+                    self.samples.append(tuple(row))  # type: ignore[arg-type]
+                    if self._stop.wait(self.every):
+                        return
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def summary(self) -> dict[str, Any]:
+        if not self.samples:
+            return {"max": None, "max_active": None, "samples": 0, "error": self.error}
+        return {
+            "max": max(s[0] for s in self.samples),
+            "max_active": max(s[1] for s in self.samples),
+            "max_idle_in_transaction": max(s[2] for s in self.samples),
+            "samples": len(self.samples),
+            "error": self.error,
+        }
+
+
+# ---- CPU accounting ---------------------------------------------------------------------
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+def tree_cpu(root: int | None) -> float:
+    """CPU seconds of a live process and its live descendants (exited ones are lost)."""
+    if root is None:
+        return 0.0
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            stats[int(entry)] = st
+    total, todo, seen = 0.0, [root], set()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def postmaster_pid(cluster: Cluster) -> int | None:
+    assert cluster.root is not None
+    try:
+        return int((cluster.root / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuWindow:
+    """Cores used by each part between ``start()`` and ``stop()``."""
+
+    def __init__(self, parts: dict[str, int | None]) -> None:
+        self.parts = parts
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.cpu0 = {name: self._cpu(name, pid) for name, pid in self.parts.items()}
+        self.machine0 = machine_busy()
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.t0
+        out: dict[str, Any] = {
+            f"{name}_cores": round(max(self._cpu(name, pid) - self.cpu0[name], 0.0) / wall, 2)
+            for name, pid in self.parts.items()
+        }
+        busy, total = machine_busy()
+        out["machine_busy_fraction"] = round(
+            (busy - self.machine0[0]) / max(total - self.machine0[1], 1), 3
+        )
+        return out
+
+    @staticmethod
+    def _cpu(name: str, pid: int | None) -> float:
+        if name == "load_generator":
+            t = os.times()
+            return t.user + t.system
+        return tree_cpu(pid)
+
+
+# ---- phase 1: load ----------------------------------------------------------------------
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+class LoadStats:
+    def __init__(self) -> None:
+        self.latency: dict[str, list[float]] = {r: [] for r in ROUTES}
+        self.attempts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.samples: Counter[str] = Counter()
+
+    def error(self, route: str, message: str) -> None:
+        self.errors[route] += 1
+        message = " ".join(message.split())[:240]
+        if message in self.samples or len(self.samples) < 10:
+            self.samples[message] += 1
+
+    def routes(self) -> dict[str, Any]:
+        out = {}
+        for route in ROUTES:
+            values = sorted(self.latency[route])
+            out[route] = {
+                "count": self.attempts[route],
+                "ok": len(values),
+                "errors": self.errors[route],
+                "p50_ms": ms(percentile(values, 0.50)),
+                "p90_ms": ms(percentile(values, 0.90)),
+                "p99_ms": ms(percentile(values, 0.99)),
+                "max_ms": ms(values[-1] if values else None),
+            }
+        return out
+
+
+async def run_load(
+    url: str, key: str, args: argparse.Namespace, on_start=lambda: None
+) -> dict[str, Any]:
+    body = json.dumps(TINY_SEARCH).encode()
+    json_headers = {"Content-Type": "application/json"}
+    stats = LoadStats()
+    ids: list[str] = []
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+
+    async def submit(client: httpx.AsyncClient) -> httpx.Response:
+        headers = {**json_headers, "Idempotency-Key": uuid.uuid4().hex}
+        return await client.post("/v1/searches", content=body, headers=headers)
+
+    async with httpx.AsyncClient(
+        base_url=url,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=args.request_timeout,
+        limits=limits,
+    ) as client:
+        # warm-up (not timed): imports, the engine, the procrastinate app; ids for `status`
+        for _ in range(args.seed_searches):
+            response = await submit(client)
+            response.raise_for_status()
+            ids.append(response.json()["id"])
+        for _ in range(3):
+            (await client.get("/v1/searches", params={"limit": 20})).raise_for_status()
+            (await client.get(f"/v1/searches/{ids[0]}")).raise_for_status()
+
+        # one client, one request at a time: the service time without queueing
+        single: dict[str, list[float]] = {r: [] for r in ROUTES}
+        for i in range(args.single_client_requests):
+            route = "submit" if i % 10 == 0 else "status" if i % 10 < 7 else "list"
+            t0 = time.perf_counter()
+            if route == "submit":
+                response = await submit(client)
+            elif route == "status":
+                response = await client.get(f"/v1/searches/{ids[i % len(ids)]}")
+            else:
+                response = await client.get("/v1/searches", params={"limit": 20})
+            single[route].append(time.perf_counter() - t0)
+            response.raise_for_status()
+            if route == "submit":
+                ids.append(response.json()["id"])
+        single_client = {
+            f"{route}_p50_ms": ms(percentile(sorted(values), 0.5))
+            for route, values in single.items()
+        }
+
+        on_start()
+        deadline = time.perf_counter() + args.seconds
+        cut_submit = args.submit_fraction
+        cut_status = cut_submit + args.status_fraction
+
+        async def one_client(index: int) -> None:
+            rng = random.Random(args.seed * 1000 + index)
+            while time.perf_counter() < deadline:
+                draw = rng.random()
+                route = "submit" if draw < cut_submit else "status" if draw < cut_status else "list"
+                stats.attempts[route] += 1
+                t0 = time.perf_counter()
+                try:
+                    if route == "submit":
+                        response = await submit(client)
+                    elif route == "status":
+                        response = await client.get(f"/v1/searches/{rng.choice(ids)}")
+                    else:
+                        response = await client.get("/v1/searches", params={"limit": 20})
+                    elapsed = time.perf_counter() - t0
+                except Exception as exc:
+                    stats.error(route, f"{route}: {type(exc).__name__}: {exc}")
+                    continue
+                if 200 <= response.status_code < 300:
+                    stats.latency[route].append(elapsed)
+                    if route == "submit":
+                        ids.append(response.json()["id"])
+                else:
+                    stats.error(route, f"{route}: HTTP {response.status_code} {response.text}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(i) for i in range(args.clients)))
+        elapsed = time.perf_counter() - started
+
+    total = sum(stats.attempts.values())
+    return {
+        "routes": stats.routes(),
+        "errors": sum(stats.errors.values()),
+        "error_samples": [f"{n}x {m}" for m, n in stats.samples.most_common()],
+        "requests": total,
+        "requests_per_s": round(total / elapsed, 1),
+        "load_elapsed_s": round(elapsed, 2),
+        "searches_submitted": len(ids),
+        "single_client": {"requests": args.single_client_requests, **single_client},
+    }
+
+
+# ---- phase 2: dispatch latency ----------------------------------------------------------
+def wait_for(check, timeout: float, what: str, every: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+def one_dispatch(conn: psycopg.Connection, url: str, key: str, timeout: float) -> dict[str, Any]:
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": uuid.uuid4().hex,
+    }
+    body = {**TINY_SEARCH, "name": f"dispatch-{uuid.uuid4().hex[:8]}"}
+    t0 = time.time()
+    response = httpx.post(f"{url}/v1/searches", json=body, headers=headers, timeout=30)
+    ack = time.time() - t0
+    response.raise_for_status()
+    sid = response.json()["id"]
+
+    def first(kind: str) -> float | None:
+        row = conn.execute(
+            "SELECT extract(epoch FROM min(created_at)) FROM search_events "
+            "WHERE search_id = %s AND kind = %s",
+            (sid, kind),
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def final() -> tuple[str, float | None] | None:
+        row = conn.execute(
+            "SELECT status, extract(epoch FROM finished_at) FROM searches WHERE id = %s", (sid,)
+        ).fetchone()
+        if row and row[0] in FINAL:
+            return row[0], float(row[1]) if row[1] is not None else time.time()
+        return None
+
+    # procrastinate's own timestamps (its job and events are deleted once it succeeds, so
+    # they are read while it runs): deferred by the API → taken by the worker
+    queue_events: dict[str, float] = {}
+
+    def watch_queue() -> None:
+        if "started" in queue_events:
+            return
+        rows = conn.execute(
+            "SELECT e.type::text, extract(epoch FROM min(e.at)) FROM procrastinate_events e "
+            "JOIN procrastinate_jobs j ON j.id = e.job_id WHERE j.queueing_lock = %s "
+            "GROUP BY e.type",
+            (sid,),
+        ).fetchall()
+        queue_events.update({kind: float(at) for kind, at in rows if at is not None})
+
+    def started() -> float | None:
+        watch_queue()
+        if final():  # failed before any trial: no trial.started will come
+            return -1.0
+        return first("trial.started")
+
+    started_at = wait_for(started, timeout, "the first trial.started")
+    running_at = first("search.running")
+
+    def since(at: float | None, digits: int = 3) -> float | None:
+        return None if at is None else round(at - t0, digits)
+
+    status, finished_at = wait_for(final, timeout, "the search to finish", every=0.2)
+    job = conn.execute("SELECT status FROM jobs WHERE search_id = %s", (sid,)).fetchone()
+    return {
+        "search_id": sid,
+        "submit_ack_ms": round(ack * 1000, 1),
+        "deferred_s": since(queue_events.get("deferred")),
+        "worker_took_job_s": since(queue_events.get("started")),
+        "search_running_s": since(running_at),
+        "dispatch_latency_s": None if started_at < 0 else round(started_at - t0, 3),
+        "search_completed_s": None if finished_at is None else round(finished_at - t0, 2),
+        "status": status,
+        "job_status": job[0] if job else None,
+    }
+
+
+def run_dispatch(
+    cluster: Cluster, dbname: str, settings: Settings, workdir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    key = make_key(settings, "bench-dispatch")
+    procs: list[Proc] = []
+    try:
+        api, url = start_api(settings, workdir, "api-dispatch", args.server)
+        procs.append(api)
+        worker = Proc(
+            "worker", [hssl_bin(), "worker", "--concurrency", "1"], child_env(settings), workdir
+        )
+        procs.append(worker)
+        with psycopg.connect(cluster.conninfo(dbname), autocommit=True) as conn:
+
+            def worker_up() -> bool:
+                if not worker.alive():
+                    raise RuntimeError(f"the worker exited:\n{worker.tail()}")
+                row = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+                return bool(row and row[0])
+
+            wait_for(worker_up, 120, "the worker to register", every=0.2)
+            time.sleep(args.worker_settle)  # idle: its start-up maintenance job is done
+            with ConnectionSampler(cluster.conninfo(), dbname) as sampler:
+                runs = [
+                    one_dispatch(conn, url, key, args.complete_timeout)
+                    for _ in range(args.dispatch_runs)
+                ]
+        return {"runs": runs, "db_connections": sampler.summary()}
+    except Exception:
+        for proc in procs:
+            say(f"--- {proc.name} log tail ---\n{proc.tail()}")
+        raise
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+# ---- main -------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--server",
+        choices=["serve", "uvicorn"],
+        default="serve",
+        help="the API process: `hssl serve` or `uvicorn service.api:app`",
+    )
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--submit-fraction", type=float, default=0.10)
+    p.add_argument("--status-fraction", type=float, default=0.60)  # the rest: list
+    p.add_argument("--seed-searches", type=int, default=20, help="submitted before the clock")
+    p.add_argument("--request-timeout", type=float, default=60.0)
+    p.add_argument("--single-client-requests", type=int, default=50, help="before the load")
+    p.add_argument("--pool-size", type=int, default=None, help="default: Settings' default")
+    p.add_argument("--max-overflow", type=int, default=None, help="default: Settings' default")
+    p.add_argument("--dispatch-runs", type=int, default=2, help="searches timed one by one")
+    p.add_argument("--worker-settle", type=float, default=3.0)
+    p.add_argument("--complete-timeout", type=float, default=900.0)
+    p.add_argument("--skip-dispatch", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="hssl-api-load-"))
+    os.chmod(workdir, 0o755)
+    cluster = Cluster()
+    procs: list[Proc] = []
+    result: dict[str, Any] = {
+        "bench": "api_load",
+        "server": args.server,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "mix": {
+            "submit": args.submit_fraction,
+            "status": args.status_fraction,
+            "list": round(1 - args.submit_fraction - args.status_fraction, 3),
+        },
+    }
+    try:
+        cluster.start()
+        say(f"PostgreSQL on 127.0.0.1:{cluster.port}; workdir {workdir}")
+        overrides: dict[str, Any] = {}
+        if args.pool_size is not None:
+            overrides["pool_size"] = args.pool_size
+        if args.max_overflow is not None:
+            overrides["max_overflow"] = args.max_overflow
+
+        def settings_for(dbname: str) -> Settings:
+            return Settings(
+                _env_file=None,
+                database_url=cluster.url(dbname),
+                data_dir=workdir / f"data-{dbname}",
+                data_root=workdir,
+                local_workers=0,  # PostgreSQL + procrastinate workers: the production path
+                rate_limit_per_minute=GENEROUS,
+                max_concurrent_searches=GENEROUS,
+                **overrides,
+            )
+
+        template = cluster.create_database(name="hssl_bench_template")
+        t0 = time.monotonic()
+        migrate(settings_for(template))
+        result["migrate_s"] = round(time.monotonic() - t0, 2)
+        cluster.mark_template(template)
+        load_db = cluster.create_database(template=template, name="hssl_bench_load")
+        dispatch_db = cluster.create_database(template=template, name="hssl_bench_dispatch")
+
+        # ---- phase 1
+        load_settings = settings_for(load_db)
+        key = make_key(load_settings, "bench-load")
+        api, url = start_api(load_settings, workdir, "api-load", args.server)
+        procs.append(api)
+        say(f"phase 1: {args.clients} clients for {args.seconds:g} s against {url}")
+        window = CpuWindow(
+            {"api": api.pid, "postgres": postmaster_pid(cluster), "load_generator": None}
+        )
+        with ConnectionSampler(cluster.conninfo(), load_db) as sampler:
+            load = asyncio.run(run_load(url, key, args, on_start=window.start))
+            cpu = window.stop()
+        api.stop()
+        procs.remove(api)
+        connections = sampler.summary()
+        budget = load_settings.pool_size + load_settings.max_overflow
+        # `hssl serve` defers with its own procrastinate pool (psycopg_pool, up to 4) beside
+        # SQLAlchemy's; the plain uvicorn app has no dispatcher, so no such pool
+        procrastinate_max = PROCRASTINATE_POOL_MAX if args.server == "serve" else 0
+        result.update(load)
+        result["db_connections_max"] = connections["max"]
+        result["db_connection_budget"] = budget
+        result["db_connections"] = {
+            **connections,
+            "sqlalchemy_pool": {
+                "pool_size": load_settings.pool_size,
+                "max_overflow": load_settings.max_overflow,
+            },
+            "procrastinate_pool_max": procrastinate_max,
+            "budget_with_procrastinate": budget + procrastinate_max,
+        }
+        cpu["api_cpu_ms_per_request"] = round(
+            cpu["api_cores"] * load["load_elapsed_s"] / max(load["requests"], 1) * 1000, 2
+        )
+        result["cpu"] = cpu
+        say(f"phase 1: {load['requests']} requests, {load['errors']} errors")
+
+        # ---- phase 2
+        dispatch: dict[str, Any] = {}
+        if not args.skip_dispatch:
+            say(f"phase 2: {args.dispatch_runs} tiny search(es) through an idle worker")
+            dispatch = run_dispatch(cluster, dispatch_db, settings_for(dispatch_db), workdir, args)
+            runs = dispatch["runs"]
+            # the first search a fresh idle worker takes, then (warm) the later ones
+            result["dispatch_latency_s"] = runs[0]["dispatch_latency_s"]
+            result["search_completed_s"] = runs[0]["search_completed_s"]
+            if len(runs) > 1:
+                result["dispatch_latency_warm_s"] = runs[-1]["dispatch_latency_s"]
+                result["search_completed_warm_s"] = runs[-1]["search_completed_s"]
+            result["dispatch_runs"] = runs
+            result["dispatch_db_connections"] = dispatch["db_connections"]
+
+        status_p99 = result["routes"]["status"]["p99_ms"]
+        latencies = [r["dispatch_latency_s"] for r in dispatch.get("runs", [])]
+
+        def within(values: list[float | None]) -> bool | None:
+            if not values:
+                return None
+            return all(v is not None and v <= 2.0 for v in values)
+
+        result["targets"] = {
+            "zero_errors": result["errors"] == 0,
+            "status_p99_le_50ms": status_p99 is not None and status_p99 <= 50,
+            "dispatch_le_2s": within(latencies[:1]),
+            "dispatch_warm_le_2s": within(latencies[1:]),
+        }
+        result["machine"] = {
+            "cores": os.cpu_count(),
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+            "note": "load generator, API, PostgreSQL (and in phase 2 the worker and its "
+            "trial processes) share these cores",
+        }
+        print(json.dumps(result), flush=True)
+        return 0
+    except Exception:
+        for proc in procs:
+            say(f"--- {proc.name} log tail ---\n{proc.tail()}")
+        raise
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
