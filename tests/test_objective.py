@@ -141,3 +141,36 @@ def test_cls2_reaches_the_base_and_cls1_does_not_train_the_head(tiny_pair):
     run_parts(student, teacher).cls1[0].backward()
     assert all(g is None or g.abs().sum() == 0 for g in grads_of(student.heads[0]))
     assert all(g is None or g.abs().sum() == 0 for g in grads_of(student.head_projectors[0]))
+
+
+def test_student_projects_only_masked_tokens_and_the_loss_is_unchanged(tiny_pair):
+    student, teacher = tiny_pair
+    student.eval()  # no drop-path, so two passes agree
+    images, m = torch.randn(V * B, 3, 16, 16), masks(4)
+    out = student(images, m)
+    full = student.prototypes(student.base_projector(student.base(images, m).tokens))
+    where = m.flatten(1)
+    assert torch.allclose(out.patch_logits[where], full[where], atol=1e-6)
+    assert out.patch_logits[~where].abs().sum() == 0
+    with torch.no_grad():
+        t_out = teacher(images)
+    dense = NetworkOutput(
+        out.base_logits, full, out.head_logits, out.base_features, out.head_features
+    )
+    obj = HSSLObjective(1, K)
+    assert obj(out, t_out, m, 0.04).total.item() == pytest.approx(
+        obj(dense, t_out, m, 0.04).total.item(), rel=1e-6
+    )
+    student.train()
+
+
+def test_heads_can_read_the_unmasked_views(tiny_pair):
+    student, _ = tiny_pair
+    student.eval()
+    images, m = torch.randn(V * B, 3, 16, 16), masks(4)
+    clean = student.embed(images)[0].head_features[0]
+    assert not torch.allclose(student(images, m).head_features[0], clean, atol=1e-5)
+    student.head_sees_mask = False
+    assert torch.allclose(student(images, m).head_features[0], clean, atol=1e-5)
+    student.head_sees_mask = True
+    student.train()

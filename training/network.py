@@ -70,7 +70,9 @@ class HSSLNetwork(nn.Module):
     """One base, K heads, a projector per branch, one prototype layer.
 
     ``head_input`` picks what the heads read: the base's pre-norm token map (``prenorm``, the
-    paper's choice for ViTs) or its normed patch tokens (``postnorm``).
+    paper's choice for ViTs) or its normed patch tokens (``postnorm``). ``head_sees_mask``
+    (spec §6): the student heads read the masked views (default) or, at the cost of a second
+    base pass, the unmasked ones.
     """
 
     def __init__(
@@ -82,11 +84,13 @@ class HSSLNetwork(nn.Module):
         proj_hidden: int,
         proj_bottleneck: int,
         head_input: str = "prenorm",
+        head_sees_mask: bool = True,
     ) -> None:
         super().__init__()
         self.base = create_base(base)
         dim = self.base.embed_dim
         self.head_input = head_input
+        self.head_sees_mask = head_sees_mask
         self.heads = nn.ModuleList(
             create_head(spec, dim, _continued_drop_path(base.drop_path_rate, self.base.depth, spec))
             for spec in heads
@@ -98,20 +102,35 @@ class HSSLNetwork(nn.Module):
         self.prototypes = Prototypes(proj_bottleneck, out_dim)
 
     def forward(self, images: Tensor, masks: Tensor | None = None) -> NetworkOutput:
-        """Training pass: logits of the base [CLS], of every base patch token and of every head."""
+        """Training pass: logits of the base [CLS], of the base patch tokens and of every head.
+
+        With ``masks`` (the student) only masked tokens are projected — the only ones the
+        masked-patch loss reads — and the other rows are zero; without (the teacher) every
+        token is, since the patch centre averages over all of them.
+        """
         out = self.base(images, masks)
-        patch_logits = self.prototypes(self.base_projector(out.tokens))
-        return self._globals(out, patch_logits)
+        if masks is None:
+            patch_logits = self.prototypes(self.base_projector(out.tokens))
+        else:
+            where = masks.flatten(1).bool()
+            picked = self.prototypes(self.base_projector(out.tokens[where]))
+            patch_logits = picked.new_zeros(*where.shape, picked.shape[-1])
+            patch_logits = patch_logits.index_put((where,), picked)
+        heads_read = out
+        if masks is not None and not self.head_sees_mask and len(self.heads):
+            heads_read = self.base(images)
+        return self._globals(out, patch_logits, heads_read)
 
     def embed(self, images: Tensor) -> tuple[NetworkOutput, Tensor]:
         """Evaluation pass (no mask, no patch logits): outputs and the mean patch token."""
         out = self.base(images)
         return self._globals(out, None), out.tokens.mean(1)
 
-    def _globals(self, out, patch_logits: Tensor | None) -> NetworkOutput:
+    def _globals(self, out, patch_logits: Tensor | None, heads_read=None) -> NetworkOutput:
         base_logits = self.prototypes(self.base_projector(out.global_))
+        src = heads_read if heads_read is not None else out
         head_in = (
-            out.token_map if self.head_input == "prenorm" else _as_map(out.tokens, out.token_map)
+            src.token_map if self.head_input == "prenorm" else _as_map(src.tokens, src.token_map)
         )
         head_features, head_logits = [], []
         for head, projector in zip(self.heads, self.head_projectors, strict=True):

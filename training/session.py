@@ -112,6 +112,7 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         proj_hidden=config.proj_hidden,
         proj_bottleneck=config.proj_bottleneck,
         head_input=config.head_input,
+        head_sees_mask=config.head_sees_mask,
     ).to(runtime.device)
     channels_last = runtime.device.type == "cuda"
     if channels_last:
