@@ -38,3 +38,24 @@ class RateLimited(Problem):
 
 class InvalidSpec(Problem):
     status, title, slug = 422, "Invalid search spec", "invalid-spec"
+
+
+# problems only the HTTP layer raises
+class MalformedBody(Problem):
+    status, title, slug = 400, "Malformed JSON body", "malformed-json"
+
+
+class PayloadTooLarge(Problem):
+    status, title, slug = 413, "Request body too large", "payload-too-large"
+
+
+class UnsupportedMediaType(Problem):
+    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+
+
+class NotReady(Conflict):
+    status, title, slug = 409, "Not ready yet", "not-ready"
+
+
+class Unavailable(Problem):
+    status, title, slug = 503, "Service unavailable", "unavailable"

@@ -15,13 +15,9 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import PayloadTooLarge, UnsupportedMediaType
 from service.metrics import RequestCounter
-from service.problems import (
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    from_problem,
-    internal_error,
-)
+from service.problems import from_problem, internal_error
 
 log = logging.getLogger("service.api")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import Conflict, Problem
+from service.errors import MalformedBody, Problem
 from service.schemas import PROBLEM_BASE
 from training.errors import HSSLError
 
@@ -33,27 +33,6 @@ MAX_DETAIL = 2000
 
 class ProblemResponse(JSONResponse):
     media_type = MEDIA_TYPE
-
-
-# ---- problems only the HTTP layer raises -----------------------------------------------
-class MalformedBody(Problem):
-    status, title, slug = 400, "Malformed JSON body", "malformed-json"
-
-
-class PayloadTooLarge(Problem):
-    status, title, slug = 413, "Request body too large", "payload-too-large"
-
-
-class UnsupportedMediaType(Problem):
-    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
-
-
-class NotReady(Conflict):
-    status, title, slug = 409, "Not ready yet", "not-ready"
-
-
-class Unavailable(Problem):
-    status, title, slug = 503, "Service unavailable", "unavailable"
 
 
 # ---- building answers --------------------------------------------------------------------

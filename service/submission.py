@@ -21,9 +21,9 @@ from search.run import planned_runs
 from search.spec import SearchSpec
 from service import store
 from service.db import session_scope
-from service.errors import InvalidSpec
+from service.errors import InvalidSpec, MalformedBody
 from service.models import Search, Tenant
-from service.problems import MalformedBody, invalid_spec
+from service.problems import invalid_spec
 from service.settings import Settings
 from training.data.datasets import BUILTIN_SOURCES
 from training.errors import HSSLError

@@ -7,9 +7,9 @@ import logging
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.errors import Unavailable
 from service.metrics import CONTENT_TYPE, render
 from service.migrate import alembic_at_head
-from service.problems import Unavailable
 from service.routes import engine_of, problems
 from service.schemas import Health
 

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from service import store
 from service.auth import TenantDep
 from service.db import session_scope
+from service.errors import NotReady
 from service.models import Search
-from service.problems import NotReady
 from service.routes import AUTH_PROBLEMS, engine_of, problems
 from service.schemas import RANKING_EXAMPLE, RECOMMENDATION_EXAMPLE, Trial, TrialPage
 
