@@ -37,6 +37,12 @@ def result_attrs(result: TrialResult, head: HeadSpec | None, seed: int, strategy
         "final": head_metrics(result.metrics, label),
         "losses": [round(float(h.get("loss", float("nan"))), 6) for h in result.history],
         "knn_curve": [float(h["knn_cls"]) for h in result.history if "knn_cls" in h],
+        # every evaluated epoch: both k-NN probes and this head's discrepancies
+        "curve": [
+            {"epoch": int(h.get("epoch", 0)), **head_metrics(h, label)}
+            for h in result.history
+            if "knn_cls" in h
+        ],
         "epochs_done": result.epochs_done,
         "wall_time_s": round(result.wall_time_s, 3),
         "images_per_s": round(result.images_per_s, 2),

@@ -20,16 +20,22 @@ from optuna.trial import TrialState
 from search.context import SearchContext
 from search.records import head_metrics
 from search.sampling import make_pruner, make_sampler, suggest_head
+from search.storage import INTERRUPTED
 from training.config import HeadSpec
 
 
 def done_runs(ctx: SearchContext, strategy: str) -> set[tuple[str, int]]:
-    """(label, seed) of the finished (not running or waiting) trials of a strategy."""
+    """(label, seed) of the finished (not running or waiting) trials of a strategy.
+
+    A trial whose process died (reconciled as interrupted) does not count: the run is started
+    again under the same name, so it continues from its checkpoint.
+    """
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     return {
         (t.user_attrs["label"], t.user_attrs["seed"])
         for t in ctx.study.get_trials(deepcopy=False, states=finished)
         if t.user_attrs.get("strategy") == strategy
+        and t.user_attrs.get("failure_reason") != INTERRUPTED
     }
 
 
