@@ -70,7 +70,8 @@ def run_trial_inline(
     timeout_s: float | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> TrialResult:
-    """The same contract in this process (debugging, fast tests); no crash isolation."""
+    """``run_trial`` in this process (debugging, fast tests): no crash isolation, and no
+    wall-clock limit or cancellation (``timeout_s`` and ``should_cancel`` are ignored)."""
     started = time.monotonic()
     try:
         from training.loop import run_trial

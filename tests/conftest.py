@@ -20,6 +20,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.pg import Cluster, PostgresUnavailable
 
@@ -36,6 +37,19 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides):
 
 def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'hssl.sqlite3'}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One intra-op thread per process, here and in the processes tests start: on a shared
+    2-core machine multi-threaded kernels on tiny tensors mostly wait for busy cores (measured
+    up to 40x slower)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -128,3 +142,17 @@ def empty_database_url(request, tmp_path) -> str:
 @pytest.fixture
 def settings(database_url, tmp_path, clean_env):
     return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+def start(database_url, tmp_path, clean_env):
+    """start(dispatcher=None, **settings) → a running API over real HTTP (on each backend)."""
+    from tests.api_helpers import api_stack
+
+    with api_stack(database_url, tmp_path) as start_api:
+        yield start_api
+
+
+@pytest.fixture
+def api(start):
+    return start()

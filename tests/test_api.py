@@ -17,19 +17,7 @@ import pytest
 
 from service import store
 from service.db import session_scope
-from tests.api_helpers import PROBLEM, Api, Recorder, api_stack, assert_problem, spec
-
-
-@pytest.fixture
-def start(database_url, tmp_path, clean_env):
-    """start(dispatcher=None, **settings) → a running Api (on each backend)."""
-    with api_stack(database_url, tmp_path) as start_api:
-        yield start_api
-
-
-@pytest.fixture
-def api(start) -> Api:
-    return start()
+from tests.api_helpers import PROBLEM, Recorder, assert_problem, spec
 
 
 # ---- submission ------------------------------------------------------------------------

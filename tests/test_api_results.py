@@ -18,23 +18,10 @@ from tests.api_helpers import (
     RANKING,
     RECOMMENDATION,
     Api,
-    api_stack,
     assert_problem,
     live_server,
     spec,
 )
-
-
-@pytest.fixture
-def start(database_url, tmp_path, clean_env):
-    """start(dispatcher=None, **settings) → a running Api (on each backend)."""
-    with api_stack(database_url, tmp_path) as start_api:
-        yield start_api
-
-
-@pytest.fixture
-def api(start) -> Api:
-    return start()
 
 
 @pytest.fixture

@@ -31,15 +31,6 @@ CASES = {  # id -> spec; ViT family, ConvNeXt, ResNet, EfficientNet, RegNet, Mob
 _BUILT: dict[str, BaseAdapter] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads on a shared 2-core box oversubscribe (40x slower here); use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def adapter(case: str) -> BaseAdapter:
     """Build each case once per test session (seeded), with drop path off for determinism."""
     if case not in _BUILT:

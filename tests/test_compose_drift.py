@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,6 +30,7 @@ import yaml
 from sqlalchemy import make_url
 
 from tests.cli_helpers import BIN
+from tests.net_helpers import free_port, http
 from tests.search_helpers import TINY_SEARCH
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,23 +146,6 @@ def test_compose_publishes_on_loopback_reserves_a_gpu_and_keeps_passwords_out():
 
 
 # ---- drift: the compose services as local processes ----------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http(method: str, url: str, key: str | None = None, body: Any = None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, response.headers, response.read()
-
-
 class Service:
     """One compose service as a local process: its argv and environment, mounts mapped."""
 

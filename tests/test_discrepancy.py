@@ -18,17 +18,6 @@ from training.discrepancy import (
 )
 from training.errors import HSSLError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run each test single-threaded, then restore the setting (shared 2-core machine:
-    multi-threaded BLAS on tiny matrices mostly waits for busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 TS = 0.1  # student temperature of spec §3
 

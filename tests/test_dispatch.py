@@ -7,10 +7,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 import uuid
 from datetime import timedelta
 
@@ -27,15 +25,10 @@ from service.worker import conninfo, maintain, make_app
 from tests.cli_helpers import BIN
 from tests.conftest import make_settings
 from tests.dispatch_helpers import cancel, events, job_row, new_search, search_row, trials, wait_for
+from tests.net_helpers import free_port, http
 from tests.search_helpers import TINY_SEARCH, tiny
 
 FINAL = ("completed", "failed", "cancelled")
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
 
 
 def final_status(settings, sid):
@@ -234,23 +227,6 @@ def test_maintenance_retries_stalled_jobs_then_fails_them_with_their_search(
 
 
 # ---- hssl serve ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http(method, url, key=None, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, json.loads(response.read())
-
-
 def start_serve(settings, port, log_path):
     env = {
         **os.environ,
@@ -296,7 +272,8 @@ def test_hssl_serve_runs_a_posted_search_through_a_crash_and_a_restart(
     # 1. a crash mid-run (SIGKILL, trial process included): the job is left running
     first = start_serve(settings, port, log_path)
     try:
-        status, resource = http("POST", f"{base}/v1/searches", key, body)
+        status, _, raw = http("POST", f"{base}/v1/searches", key, body)
+        resource = json.loads(raw)
         assert status == 202 and resource["status"] in ("queued", "running")
         sid = uuid.UUID(resource["id"])
         wait_for(lambda: reports(settings, sid), timeout=180, what="a first epoch report")
@@ -322,11 +299,11 @@ def test_hssl_serve_runs_a_posted_search_through_a_crash_and_a_restart(
     third = start_serve(settings, port, log_path)
     try:
         wait_for(
-            lambda: http("GET", f"{base}/v1/searches/{sid}", key)[1]["status"] in FINAL,
+            lambda: json.loads(http("GET", f"{base}/v1/searches/{sid}", key)[2])["status"] in FINAL,
             timeout=240,
             what="the resumed search",
         )
-        _, resource = http("GET", f"{base}/v1/searches/{sid}", key)
+        resource = json.loads(http("GET", f"{base}/v1/searches/{sid}", key)[2])
     finally:
         third.send_signal(signal.SIGTERM)
         third.wait(timeout=60)

@@ -12,13 +12,6 @@ from tests.dispatch_helpers import cancel, events, new_search, search_row, trial
 from tests.search_helpers import tiny
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Trial processes inherit the environment: one thread each on this shared machine."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-
-
 @pytest.mark.slow
 def test_a_search_runs_to_completed_with_events_trials_and_results(settings):
     sid = new_search(settings, tiny(strategy="joint"))

@@ -13,15 +13,6 @@ from training.errors import SpecError
 from training.heads import AuxHead, applies, create_head, list_heads, num_heads_for
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads on a shared 2-core box oversubscribe; one is faster for tiny tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def token_map(dim: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(2, dim, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -24,14 +24,6 @@ TINY = TrialConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_completes_with_metrics_and_reports_every_epoch():
     reports = []
     result = run_trial(TINY, lambda epoch, m: reports.append((epoch, m)) or False)

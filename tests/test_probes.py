@@ -10,19 +10,6 @@ import torch
 from training.probes import knn_accuracy, knn_classify, linear_probe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run each test single-threaded, then restore the setting.
-
-    On a shared 2-core machine, multi-threaded BLAS on these tiny L-BFGS problems spends its
-    time waiting on busy cores (measured: ~2.8 s instead of ~0.03 s per probe).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _vote_example() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A bank where one close neighbour faces two farther ones of another class.
 

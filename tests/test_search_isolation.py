@@ -4,7 +4,6 @@ the CLI runs a whole search; optuna-dashboard opens the study."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -15,6 +14,7 @@ import yaml
 
 from search.run import run_search
 from tests.cli_helpers import BIN, run
+from tests.net_helpers import free_port
 from tests.search_helpers import TINY_SEARCH, tiny
 
 
@@ -83,12 +83,6 @@ def test_cli_search_run_prints_the_ranking_and_writes_the_recommendation(tmp_pat
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "base.name: unknown timm model 'resnet_18'; did you mean: resnet18" in bad.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_optuna_dashboard_opens_the_search_study(tmp_path):

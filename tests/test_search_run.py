@@ -16,14 +16,6 @@ from training.errors import HSSLError
 from training.heads import create_head
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load(tmp_path, outcome) -> optuna.Study:
     return optuna.load_study(study_name=outcome.study, storage=make_storage(sqlite_url(tmp_path)))
 

@@ -48,11 +48,7 @@ def run_trial(
     try:
         session = build_session(config, output_dir)
         return _train(session, report, progress, started)
-    except TrainingError as exc:
-        return TrialResult(
-            status="failed", reason=str(exc), wall_time_s=time.perf_counter() - started
-        )
-    except HSSLError as exc:
+    except HSSLError as exc:  # TrainingError (non-finite loss), DataError, SpecError
         return TrialResult(
             status="failed", reason=str(exc), wall_time_s=time.perf_counter() - started
         )
