@@ -607,7 +607,11 @@ def run_study(
     out_dir: Path | None = None,
     work_dir: Path | None = None,
     progress: bool = True,
+    only: str | None = None,
 ) -> dict[str, Any]:
+    """Train what is missing, then write the outputs. ``only`` ("independent" or "joint")
+    trains that search alone and writes nothing, so the two can train in parallel processes;
+    a later plain invocation reuses both and writes the report."""
     started = time.perf_counter()
     plan = load_plan(config, scale)
     device = device_label()
@@ -620,6 +624,8 @@ def run_study(
     def on_event(kind: str, data: dict[str, Any]) -> None:
         trained["n"] += kind == "trial.started"
 
+    if only is not None:
+        specs = {only: specs[only]}
     outcomes = {
         strategy: run_search(
             spec,
@@ -631,6 +637,16 @@ def run_study(
         )
         for strategy, spec in specs.items()
     }
+    if only is not None:
+        outcome = outcomes[only]
+        return {
+            "device": device,
+            "timing": {
+                "invocation_s": time.perf_counter() - started,
+                "trained_now": trained["n"],
+                "status": {only: outcome.status},
+            },
+        }
     spec = specs["independent"]
     study = optuna.load_study(
         study_name=outcomes["independent"].study,
@@ -707,6 +723,12 @@ def main(argv: list[str] | None = None) -> None:
         "--work", type=Path, default=None, help="studies and run folders (checkpoints)"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--only",
+        choices=("independent", "joint"),
+        default=None,
+        help="train this search only and write no outputs (run both in parallel, then once plain)",
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results = run_study(
@@ -715,6 +737,7 @@ def main(argv: list[str] | None = None) -> None:
         out_dir=args.out,
         work_dir=args.work,
         progress=not args.no_progress,
+        only=args.only,
     )
     t = results["timing"]
     print(json.dumps({"scale": args.scale, "device": results["device"], **_plain(t)}))
