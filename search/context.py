@@ -102,6 +102,14 @@ class SearchContext:
         self.finished(self.study.trials[-1])
         return trial
 
+    def identify(self, trial: optuna.Trial, head: HeadSpec, seed: int, strategy: str) -> None:
+        """Name an asked trial before it runs, so a trial whose process dies is still known
+        (head, seed, strategy) when it is reconciled as interrupted."""
+        trial.set_user_attr("head", head.to_dict())
+        trial.set_user_attr("label", head.label())
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("strategy", strategy)
+
     def tell(
         self, trial: optuna.Trial, result: TrialResult, head: HeadSpec, seed: int, strategy: str
     ) -> TrialState:

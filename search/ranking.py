@@ -19,6 +19,7 @@ import numpy as np
 
 from search.records import METRICS, TrialRecord
 from search.stats import average_ranks, bootstrap_ci, mean_sd, spearman
+from search.storage import INTERRUPTED
 from training.config import HeadSpec
 
 ACCURACIES = ("knn_cls", "knn_patch", "linear")
@@ -92,10 +93,14 @@ def summarize(records: Sequence[TrialRecord]) -> list[HeadSummary]:
 
     A candidate whose runs all failed stays in the list with ``n=0`` (NaN means), so a table
     can show it as failed instead of silently dropping it. Running/waiting trials count in
-    ``trials`` but neither as completed nor as failed.
+    ``trials`` but neither as completed nor as failed. A trial whose process died (reconciled as
+    interrupted when the search resumed) is left out: its run was started again under the same
+    label, so counting it would count that run twice.
     """
     groups: dict[str, list[TrialRecord]] = {}
     for record in records:
+        if record.failure_reason == INTERRUPTED:  # its process died; the run was started again
+            continue
         groups.setdefault(record.label, []).append(record)
     return [_summary(label, runs) for label, runs in groups.items()]
 

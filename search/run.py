@@ -32,6 +32,7 @@ from search.storage import (
     sqlite_url,
     study_name,
 )
+from training.data.datasets import resolve_source
 from training.errors import HSSLError
 
 
@@ -83,12 +84,18 @@ def run_search(
     storage_url: str | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    data_root: str | Path | None = None,
 ) -> SearchOutcome:
     """Run (or resume) the search ``spec`` and write ranking, recommendation and plot.
 
     ``on_event(kind, data)`` hears ``trial.started``, ``trial.reported`` (each epoch) and
-    ``trial.finished`` (with the trial's values and user attributes) as they happen.
+    ``trial.finished`` (with the trial's values and user attributes) as they happen. With
+    ``data_root`` (a service's), a folder ``spec.data`` outside it is refused (DataError)
+    before the study is opened: the spec may not have come through the API's check, or the
+    folder may have been swapped for a link since.
     """
+    if data_root is not None:
+        resolve_source(spec.data, Path(data_root).resolve())
     url = storage_url or sqlite_url(data_dir)
     study = open_study(spec, url, resume=resume)
     reconciled = reconcile_orphans(study)
@@ -115,6 +122,9 @@ def run_search(
         deadline=time.monotonic() + budget if budget else None,
         should_cancel=should_cancel,
     )
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number in reconciled:  # announced, so a listener records why it ended
+            ctx.finished(trial)
     study.set_user_attr("status", "running")
     candidates = spec.space.candidates()
     if spec.budget.prescreen_keep and spec.strategy != "optuna":

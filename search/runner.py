@@ -3,13 +3,18 @@
 Training always runs in a child (spawned, so CUDA state never leaks across trials): an OOM
 kill, a segfault or a hang past the wall-clock limit fails that trial with a reason and leaves
 the search going. The child streams ``report(epoch, metrics)`` to the parent, which answers
-whether to stop (Optuna pruning); ``should_cancel`` is polled every second.
+whether to stop (Optuna pruning); ``should_cancel`` is polled every second. A child never
+outlives its parent: on Linux the kernel kills it when the parent dies (even by SIGKILL), so a
+killed worker leaves no orphan training on the GPU or writing into the run folder its retry uses.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +37,9 @@ def run_trial_isolated(
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     out = str(output_dir) if output_dir else None
-    proc = ctx.Process(target=_child_main, args=(config.to_dict(), out, child), daemon=True)
+    proc = ctx.Process(
+        target=_child_main, args=(config.to_dict(), out, child, os.getpid()), daemon=True
+    )
     started = time.monotonic()
     proc.start()
     child.close()
@@ -81,7 +88,21 @@ def run_trial_inline(
         return _failed(f"{type(exc).__name__}: {exc}", started)
 
 
-def _child_main(config: dict[str, Any], output_dir: str | None, conn) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere the
+    child notices at its next report, when the pipe is broken)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _child_main(config: dict[str, Any], output_dir: str | None, conn, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     from training.loop import run_trial
 
     def report(epoch: int, metrics: dict[str, Any]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -21,10 +22,18 @@ def sqlite_url(data_dir: str | Path) -> str:
     return f"sqlite:///{path / 'optuna.sqlite3'}"
 
 
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """The storage's SQLAlchemy engine arguments. PostgreSQL: connections checked before use,
+    at most ``pool_size`` of them (no overflow: one study is driven from one thread, and
+    Optuna's session is per thread, so it holds one connection at a time)."""
+    if url.startswith("sqlite"):
+        return {}
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 0}
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """RDB storage; PostgreSQL connections are checked before use and pooled small."""
-    engine_kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True, "pool_size": 2}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    """RDB storage (PostgreSQL: pooled small, see ``engine_kwargs``)."""
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
 
 
 def close_study(study: optuna.Study) -> None:

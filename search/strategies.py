@@ -42,7 +42,12 @@ def done_runs(ctx: SearchContext, strategy: str) -> set[tuple[str, int]]:
 def _finished_count(ctx: SearchContext, strategy: str) -> int:
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     trials = ctx.study.get_trials(deepcopy=False, states=finished)
-    return sum(1 for t in trials if t.user_attrs.get("strategy") == strategy)
+    return sum(
+        1
+        for t in trials
+        if t.user_attrs.get("strategy") == strategy
+        and t.user_attrs.get("failure_reason") != INTERRUPTED
+    )
 
 
 def run_baseline(ctx: SearchContext) -> None:
@@ -77,6 +82,7 @@ def run_independent(ctx: SearchContext, candidates: list[HeadSpec]) -> None:
                 return
             ctx.study.enqueue_trial({"head": head.label()}, skip_if_exists=False)
             trial = ctx.study.ask(dist)
+            ctx.identify(trial, head, seed, "independent")
             result = ctx.run(
                 ctx.spec.trial_config((head,), seed),
                 f"{head.label()}-s{seed}",
@@ -97,6 +103,7 @@ def run_optuna(ctx: SearchContext) -> None:
             return
         trial = ctx.study.ask()
         head = suggest_head(trial, spec.space)
+        ctx.identify(trial, head, seed, "optuna")
         cached = _finished_twin(ctx, head.label())
         if cached is not None:  # the sampler proposed a head already trained: reuse its result
             for key, value in cached.user_attrs.items():

@@ -6,6 +6,10 @@ to our tables as it happens, and finally stores the ranking and recommendation a
 status. It never raises (a dispatcher loop must survive any search): an error fails the
 search with a one-line reason.
 
+A database that goes away (a PostgreSQL restart, a network blip) is waited for and the step
+that failed is run again: the study is resumed (the trial in flight is reconciled as
+interrupted and rerun from its checkpoint), a final write is repeated in a new transaction.
+
 Cancellation is polled from the database at most every ``CANCEL_POLL_S`` seconds. A
 dispatcher that is shutting down sets ``interrupt``: the run is abandoned as if its process
 had died (the trial in flight is killed and not recorded; a trial Optuna had asked is failed
@@ -27,7 +31,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from service import store
-from service.db import engine_for, session_scope
+from service.db import engine_for, retrying, session_scope
 from service.models import Search
 from service.settings import Settings
 
@@ -120,21 +124,41 @@ class CancelPoll:
 
 class EventWriter:
     """``on_event`` for ``run_search``: each event a row of ``search_events``; a finished
-    trial (with a study number) also a row of ``search_trials``. A failed write is logged,
-    not raised: the study is the record, and trials are copied again at the end."""
+    trial (with a study number) also a row of ``search_trials``. A write that fails (the
+    database is away) is logged, not raised, and kept: the next event, or ``flush`` at the
+    end of the search, writes the waiting ones first, in order, so no event is lost."""
+
+    MAX_WAITING = 100_000  # a very long outage drops the oldest (the study keeps the trials)
 
     def __init__(self, engine: Engine, search_id: uuid.UUID) -> None:
         self.engine, self.search_id = engine, search_id
+        self.waiting: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        data = jsonable(data)
+        self.waiting.append((kind, jsonable(data)))
+        del self.waiting[: -self.MAX_WAITING]
         try:
-            with session_scope(self.engine) as s:
+            self.flush()
+        except Exception as exc:
+            log.warning(
+                "search %s: could not record %s (%d waiting): %s",
+                self.search_id,
+                kind,
+                len(self.waiting),
+                one_line(exc),
+            )
+
+    def flush(self) -> None:
+        """Write every waiting event in one transaction (raises if the database is away)."""
+        if not self.waiting:
+            return
+        with session_scope(self.engine) as s:
+            search = s.get(Search, self.search_id)
+            for kind, data in self.waiting:
                 store.add_event(s, self.search_id, kind, data)
                 if kind == "trial.finished" and data.get("number") is not None:
-                    store.save_trial(s, s.get(Search, self.search_id), trial_row(data))
-        except Exception as exc:
-            log.warning("search %s: could not record %s: %s", self.search_id, kind, one_line(exc))
+                    store.save_trial(s, search, trial_row(data))
+        self.waiting.clear()
 
 
 def trial_row(data: dict[str, Any]) -> dict[str, Any]:
@@ -184,9 +208,62 @@ def _fail(engine: Engine, sid: uuid.UUID, error: str) -> str:
 
 
 def _execute(settings: Settings, engine: Engine, sid: uuid.UUID, interrupt: Flag | None) -> str:
-    from search.run import run_search
+    from search.run import SearchOutcome, run_search
     from search.spec import SearchSpec
 
+    started = retrying(engine, lambda: _start(engine, sid), f"search {sid}: start")
+    if isinstance(started, str):
+        return started
+    raw, study = started
+    spec = SearchSpec.model_validate({**raw, "name": study})
+
+    poll = CancelPoll(engine, sid, interrupt)
+    writer = EventWriter(engine, sid)
+
+    def run() -> SearchOutcome:
+        return run_search(
+            spec,
+            settings.data_dir,
+            storage_url=settings.resolved_optuna_url,
+            resume=True,
+            progress=False,
+            isolate=True,
+            should_cancel=poll,
+            on_event=writer,
+        )
+
+    try:
+        outcome = retrying(engine, run, f"search {sid}")
+    except Interrupted:
+        writer("search.interrupted", {"reason": "its worker is stopping"})
+        return INTERRUPTED
+    retrying(engine, writer.flush, f"search {sid}: events")
+    retrying(
+        engine,
+        lambda: _copy_trials(engine, sid, outcome.storage, outcome.study),
+        f"search {sid}: copy trials",
+    )
+
+    recommendation = None
+    path = outcome.files.get("json")
+    if path is not None and Path(path).is_file():
+        recommendation = json.loads(Path(path).read_text())
+    final = "cancelled" if outcome.status == "cancelled" else "completed"
+
+    def finish() -> str:
+        with session_scope(engine) as s:
+            search = s.get(Search, sid, with_for_update=True)
+            if search.status in store.FINAL:  # e.g. failed by a stale-job sweep meanwhile
+                return search.status
+            store.save_results(s, search, jsonable(outcome.ranking), jsonable(recommendation))
+            store.set_status(s, search, final)
+        return final
+
+    return retrying(engine, finish, f"search {sid}: finish")
+
+
+def _start(engine: Engine, sid: uuid.UUID) -> str | tuple[dict[str, Any], str]:
+    """Mark the search running; its (spec, study name), or its status if it is not to run."""
     with session_scope(engine) as s:
         search = s.get(Search, sid, with_for_update=True)
         if search is None:
@@ -196,38 +273,7 @@ def _execute(settings: Settings, engine: Engine, sid: uuid.UUID, interrupt: Flag
             return search.status
         if search.status != "cancelling":  # a cancel asked before a restart still stands
             store.set_status(s, search, "running")
-        raw, study = dict(search.spec), search.study_name
-    spec = SearchSpec.model_validate({**raw, "name": study})
-
-    poll = CancelPoll(engine, sid, interrupt)
-    try:
-        outcome = run_search(
-            spec,
-            settings.data_dir,
-            storage_url=settings.resolved_optuna_url,
-            resume=True,
-            progress=False,
-            isolate=True,
-            should_cancel=poll,
-            on_event=EventWriter(engine, sid),
-        )
-    except Interrupted:
-        EventWriter(engine, sid)("search.interrupted", {"reason": "its worker is stopping"})
-        return INTERRUPTED
-    _copy_trials(engine, sid, outcome.storage, outcome.study)
-
-    recommendation = None
-    path = outcome.files.get("json")
-    if path is not None and Path(path).is_file():
-        recommendation = json.loads(Path(path).read_text())
-    final = "cancelled" if outcome.status == "cancelled" else "completed"
-    with session_scope(engine) as s:
-        search = s.get(Search, sid, with_for_update=True)
-        if search.status in store.FINAL:  # e.g. failed by a stale-job sweep meanwhile
-            return search.status
-        store.save_results(s, search, jsonable(outcome.ranking), jsonable(recommendation))
-        store.set_status(s, search, final)
-    return final
+        return dict(search.spec), search.study_name
 
 
 def _copy_trials(engine: Engine, sid: uuid.UUID, storage_url: str, study_name: str) -> None:

@@ -37,7 +37,7 @@ from procrastinate.jobs import Status
 from sqlalchemy.engine import make_url
 
 from service import queue as jobs
-from service.db import session_scope
+from service.db import is_transient, session_scope, wait_for_database
 from service.dispatch import AnyOf, Heartbeat
 from service.execute import INTERRUPTED, engine_of, execute_search, one_line
 from service.settings import Settings
@@ -116,6 +116,16 @@ def run_job(
     return status
 
 
+async def wait_until_reachable(engine, interrupt: threading.Event) -> None:
+    """Wait (in a thread) until the database answers, or until ``interrupt`` is set."""
+    while not interrupt.is_set():
+        try:
+            await asyncio.to_thread(wait_for_database, engine, 10.0)
+            return
+        except Exception as exc:
+            log.warning("PostgreSQL still unreachable: %s", one_line(exc))
+
+
 async def maintain(app: procrastinate.App, settings: Settings) -> dict[str, int]:
     """Retry the run jobs of dead workers (fail them with their search after 3 attempts) and
     defer again the searches our outbox still holds."""
@@ -179,7 +189,12 @@ def run_worker(
 ) -> None:
     """Run a worker until SIGTERM/SIGINT: it takes ``run_search_job`` jobs of ``queue``
     (default settings.queue) and the maintenance jobs, ``concurrency`` searches at a time.
-    On a signal the running searches are interrupted (to be resumed elsewhere) and it exits."""
+    On a signal the running searches are interrupted (to be resumed elsewhere) and it exits.
+
+    procrastinate stops a worker whose notification listener or heartbeat loses the database
+    (after its running jobs end; a running search rides the outage out itself, see
+    service.execute); we then wait for PostgreSQL and start a fresh worker on fresh
+    connections, so a database restart never needs an operator."""
     from procrastinate.worker import Worker
 
     import search.run  # noqa: F401  (torch/timm/optuna load now, not on the first job: ~6 s)
@@ -188,7 +203,15 @@ def run_worker(
     app = make_app(settings, interrupt)
     queues = [queue or settings.queue, MAINTENANCE_QUEUE]
 
-    async def main() -> None:
+    current: dict[str, Worker] = {}
+
+    def stop() -> None:
+        log.info("stopping: interrupting running searches")
+        interrupt.set()
+        if "worker" in current:
+            current["worker"].stop()
+
+    async def one_round() -> None:
         async with app.open_async():
             worker = Worker(
                 app=app,
@@ -198,19 +221,26 @@ def run_worker(
                 install_signal_handlers=False,
                 delete_jobs="successful",
             )
-            loop = asyncio.get_running_loop()
+            current["worker"] = worker
+            await worker.run()
 
-            def stop() -> None:
-                log.info("stopping: interrupting running searches")
-                interrupt.set()
-                worker.stop()
-
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        try:
+            while not interrupt.is_set():
+                try:
+                    await one_round()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    log.warning("worker lost the database: %s", one_line(exc))
+                if not interrupt.is_set():  # procrastinate stops when its listener dies
+                    log.warning("worker stopped on its own; restarting once PostgreSQL answers")
+                    await wait_until_reachable(engine_of(settings), interrupt)
+        finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop)
-            try:
-                await worker.run()
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+                loop.remove_signal_handler(sig)
 
     asyncio.run(main())

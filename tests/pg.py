@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class Cluster:
         self.port = 0
         self.root: Path | None = None
         self.running = False
+        self._options = ""
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             try:
@@ -120,20 +122,8 @@ class Cluster:
                     "-c shared_buffers=32MB",
                 ]
             )
-            proc = self._run(
-                "pg_ctl",
-                "start",
-                "-w",
-                "-t",
-                "30",
-                "-D",
-                str(data),
-                "-l",
-                str(self.root / "postgres.log"),
-                "-o",
-                options,
-                check=False,
-            )
+            self._options = options
+            proc = self._pg_ctl_start()
             if proc.returncode == 0:
                 self.running = True
                 return self
@@ -141,6 +131,35 @@ class Cluster:
                 log = (self.root / "postgres.log").read_text(errors="replace")[-2000:]
                 raise PostgresUnavailable(f"pg_ctl start failed: {proc.stderr.strip()}\n{log}")
         return self
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess:
+        assert self.root is not None
+        return self._run(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            "30",
+            "-D",
+            str(self.root / "data"),
+            "-l",
+            str(self.root / "postgres.log"),
+            "-o",
+            self._options,
+            check=False,
+        )
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (``-m fast``: every session is terminated, as in a real restart),
+        stay down ``down_s`` seconds, start it again on the same port."""
+        assert self.root is not None and self.running
+        self._run("pg_ctl", "stop", "-D", str(self.root / "data"), "-m", "fast", "-w")
+        self.running = False
+        time.sleep(down_s)
+        proc = self._pg_ctl_start()
+        if proc.returncode != 0:
+            raise PostgresUnavailable(f"pg_ctl start failed: {proc.stderr.strip()}")
+        self.running = True
 
     def stop(self) -> None:
         if self.root is None:

@@ -22,10 +22,10 @@ from service.dispatch import LocalDispatcher, ProcrastinateDispatcher, make_disp
 from service.execute import engine_of
 from service.models import Job, utcnow
 from service.worker import conninfo, maintain, make_app
-from tests.cli_helpers import BIN
 from tests.conftest import make_settings
 from tests.dispatch_helpers import cancel, events, job_row, new_search, search_row, trials, wait_for
 from tests.net_helpers import free_port, http
+from tests.process_helpers import pg_settings, start_serve, start_worker
 from tests.search_helpers import TINY_SEARCH, tiny
 
 FINAL = ("completed", "failed", "cancelled")
@@ -107,26 +107,6 @@ def test_stop_interrupts_a_search_and_the_next_start_resumes_it(sqlite_database_
 
 
 # ---- PostgreSQL: procrastinate -----------------------------------------------------------
-def start_worker(settings, log_path):
-    env = {
-        **os.environ,
-        "HSSL_DATABASE_URL": settings.resolved_database_url,
-        "HSSL_DATA_DIR": str(settings.data_dir),
-        "HSSL_LOCAL_WORKERS": "0",
-        "HSSL_HEARTBEAT_S": "1",
-    }
-    return subprocess.Popen(
-        [str(BIN / "hssl"), "worker", "--concurrency", "1"],
-        env=env,
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def pg_settings(pg_database_url, tmp_path):
-    return make_settings(tmp_path, pg_database_url, local_workers=0, heartbeat_s=1)
-
-
 def maintain_once(settings):
     async def run():
         app = make_app(settings)
@@ -227,32 +207,6 @@ def test_maintenance_retries_stalled_jobs_then_fails_them_with_their_search(
 
 
 # ---- hssl serve ---------------------------------------------------------------------------
-def start_serve(settings, port, log_path):
-    env = {
-        **os.environ,
-        "HSSL_DATABASE_URL": settings.resolved_database_url,
-        "HSSL_DATA_DIR": str(settings.data_dir),
-        "HSSL_HEARTBEAT_S": "1",
-    }
-    proc = subprocess.Popen(
-        [str(BIN / "hssl"), "serve", "--port", str(port)],
-        env=env,
-        stdout=log_path.open("a"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own group: a SIGKILL can take its trial process too
-    )
-
-    def up():
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        try:
-            return http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
-        except OSError:
-            return False
-
-    wait_for(up, timeout=60, what="hssl serve to answer")
-    return proc
-
-
 def reports(settings, sid):
     return [k for k, _ in events(settings, sid)].count("trial.reported")
 
