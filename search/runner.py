@@ -23,6 +23,7 @@ from typing import Any
 from training.recipe import TrialConfig, TrialResult
 
 Report = Callable[[int, dict[str, Any]], bool]
+EXIT_GRACE_S = 5.0  # how long a child that stopped talking may take to exit before SIGKILL
 
 
 def run_trial_isolated(
@@ -48,7 +49,8 @@ def run_trial_isolated(
             if parent.poll(1.0):
                 try:
                     kind, *payload = parent.recv()
-                except EOFError:
+                except EOFError:  # it closed its end: it is exiting, let it say how
+                    proc.join(timeout=EXIT_GRACE_S)
                     break
                 if kind == "result":
                     return TrialResult.from_dict(payload[0])
