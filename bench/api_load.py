@@ -18,9 +18,19 @@ it twice (one database per phase, so phase 1's queued searches never reach phase
   (``dispatch_latency_s``, target ≤ 2 s) and → search finished (``search_completed_s``), from
   the rows' own timestamps. The first search is the one a freshly started idle worker takes
   (``dispatch_latency_s``); later ones find it warm (``dispatch_latency_warm_s``).
+- Soak (``--soak``, instead of the two phases): ``hssl serve`` as in phase 1 plus
+  ``--soak-workers`` real ``hssl worker`` processes (default 2) that run the tiny searches the
+  warm-up and the clients submit, so trials run for the whole soak; ``--clients`` (default 100)
+  for ``--seconds`` (default 120) mix submit, status, trials (GET .../trials) and list. Prints
+  errors with samples, p50/p90/p99 per route and overall, requests/s, the trials and searches
+  the workers finished meanwhile, ERROR lines in the servers' logs, and the peak database
+  connection count against the budget computed from the settings and the code: the API (our
+  pool, procrastinate's pool) plus each worker (procrastinate's pool and its LISTEN
+  connection, our pool, one Optuna storage pool per running search): ``within_budget``.
 
     .venv/bin/python bench/api_load.py --seconds 5
     .venv/bin/python bench/api_load.py            # 50 clients, 30 s
+    .venv/bin/python bench/api_load.py --soak     # 100 clients, 120 s, 2 workers
 """
 
 from __future__ import annotations
@@ -51,15 +61,17 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from search.storage import engine_kwargs as optuna_engine_kwargs  # noqa: E402
 from service import store  # noqa: E402
 from service.db import session_scope  # noqa: E402
 from service.migrate import migrate  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.worker import make_app  # noqa: E402
 from tests.pg import Cluster, free_port  # noqa: E402
 from tests.search_helpers import TINY_SEARCH  # noqa: E402
 
-ROUTES = ("submit", "status", "list")
-PROCRASTINATE_POOL_MAX = 4  # service.worker.make_app: PsycopgConnector(max_size=4)
+ROUTES = ("submit", "status", "list", "trials")
+BENCH_APP = "hssl-api-load"  # application_name of this script's own connections (not counted)
 GENEROUS = 1_000_000_000
 FINAL = ("completed", "failed", "cancelled")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -182,13 +194,58 @@ def make_key(settings: Settings, tenant_name: str) -> str:
         engine.dispose()
 
 
+def monitor(conninfo: str) -> psycopg.Connection:
+    """A connection of this script's own (named, so the sampler does not count it)."""
+    return psycopg.connect(conninfo, autocommit=True, application_name=BENCH_APP)
+
+
+def pool_max(settings: Settings) -> int:
+    """Our SQLAlchemy engine's ceiling in one process (``service.db.engine_for``)."""
+    return settings.pool_size + settings.max_overflow
+
+
+def procrastinate_pool_max(settings: Settings) -> int:
+    """The procrastinate connector's pool ceiling, as ``service.worker.make_app`` builds it
+    (read from the connector; building it connects to nothing)."""
+    return int(make_app(settings).connector._pool_args["max_size"])
+
+
+def optuna_pool_max(settings: Settings) -> int:
+    """One Optuna storage's pool ceiling (``search.storage.make_storage``: one storage per
+    running search)."""
+    kwargs = optuna_engine_kwargs(settings.resolved_optuna_url)
+    return kwargs["pool_size"] + kwargs["max_overflow"]
+
+
+def api_budget(settings: Settings) -> dict[str, int]:
+    """One API process: our engine, plus procrastinate's pool when it defers to workers
+    (PostgreSQL and HSSL_LOCAL_WORKERS=0, under `hssl serve` and `uvicorn service.api:app`)."""
+    defers = settings.is_postgres and settings.local_workers == 0
+    return {
+        "sqlalchemy_pool": pool_max(settings),
+        "procrastinate_pool": procrastinate_pool_max(settings) if defers else 0,
+    }
+
+
+def worker_budget(settings: Settings, concurrency: int) -> dict[str, int]:
+    """One `hssl worker`: procrastinate's pool and its LISTEN connection (opened beside the
+    pool), our engine (job rows, heartbeats, events), one Optuna storage per running search."""
+    return {
+        "procrastinate_pool": procrastinate_pool_max(settings),
+        "procrastinate_listen": 1,
+        "sqlalchemy_pool": pool_max(settings),
+        "optuna_storage_pools": concurrency * optuna_pool_max(settings),
+    }
+
+
 class ConnectionSampler:
-    """Backends connected to one database (this sampler's own excluded), every ``every`` s."""
+    """Backends connected to one database (this script's own excluded), every ``every`` s."""
 
     QUERY = """
         SELECT count(*), count(*) FILTER (WHERE state = 'active'),
                count(*) FILTER (WHERE state LIKE 'idle in transaction%%')
-        FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()
+        FROM pg_stat_activity
+        WHERE datname = %s AND pid <> pg_backend_pid() AND application_name <> %s
     """
 
     def __init__(self, conninfo: str, dbname: str, every: float = 1.0) -> None:
@@ -208,9 +265,9 @@ class ConnectionSampler:
 
     def _loop(self) -> None:
         try:
-            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            with monitor(self.conninfo) as conn:
                 while True:
-                    row = conn.execute(self.QUERY, (self.dbname,)).fetchone()
+                    row = conn.execute(self.QUERY, (self.dbname, BENCH_APP)).fetchone()
                     self.samples.append(tuple(row))  # type: ignore[arg-type]
                     if self._stop.wait(self.every):
                         return
@@ -323,8 +380,9 @@ def ms(value: float | None) -> float | None:
 
 
 class LoadStats:
-    def __init__(self) -> None:
-        self.latency: dict[str, list[float]] = {r: [] for r in ROUTES}
+    def __init__(self, routes: tuple[str, ...] = ROUTES) -> None:
+        self.names = routes
+        self.latency: dict[str, list[float]] = {r: [] for r in routes}
         self.attempts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.samples: Counter[str] = Counter()
@@ -336,19 +394,56 @@ class LoadStats:
             self.samples[message] += 1
 
     def routes(self) -> dict[str, Any]:
-        out = {}
-        for route in ROUTES:
-            values = sorted(self.latency[route])
-            out[route] = {
+        return {
+            route: {
                 "count": self.attempts[route],
-                "ok": len(values),
+                "ok": len(self.latency[route]),
                 "errors": self.errors[route],
-                "p50_ms": ms(percentile(values, 0.50)),
-                "p90_ms": ms(percentile(values, 0.90)),
-                "p99_ms": ms(percentile(values, 0.99)),
-                "max_ms": ms(values[-1] if values else None),
+                **latency_summary(self.latency[route]),
             }
-        return out
+            for route in self.names
+        }
+
+    def overall(self) -> dict[str, Any]:
+        """Every successful request's latency, whatever its route."""
+        return latency_summary([v for values in self.latency.values() for v in values])
+
+
+def latency_summary(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+    return {
+        "p50_ms": ms(percentile(ordered, 0.50)),
+        "p90_ms": ms(percentile(ordered, 0.90)),
+        "p99_ms": ms(percentile(ordered, 0.99)),
+        "max_ms": ms(ordered[-1] if ordered else None),
+    }
+
+
+def route_mix(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """(route, cumulative probability) of one client's draw; ``list`` takes what is left."""
+    shares = {
+        "submit": args.submit_fraction,
+        "status": args.status_fraction,
+        "trials": args.trials_fraction,
+    }
+    shares["list"] = 1.0 - sum(shares.values())
+    if min(shares.values()) < -1e-9:
+        raise SystemExit(f"the route fractions must be >= 0 and sum to <= 1: {shares}")
+    mix, total = [], 0.0
+    for route in ROUTES:
+        if shares[route] > 1e-9:
+            total += shares[route]
+            mix.append((route, total))
+    return mix
+
+
+def shares(mix: list[tuple[str, float]]) -> dict[str, float]:
+    cuts = [0.0] + [cut for _, cut in mix]
+    return {route: round(cuts[i + 1] - cuts[i], 3) for i, (route, _) in enumerate(mix)}
+
+
+def pick(mix: list[tuple[str, float]], draw: float) -> str:
+    return next((route for route, cut in mix if draw < cut), mix[-1][0])
 
 
 async def run_load(
@@ -356,7 +451,8 @@ async def run_load(
 ) -> dict[str, Any]:
     body = json.dumps(TINY_SEARCH).encode()
     json_headers = {"Content-Type": "application/json"}
-    stats = LoadStats()
+    mix = route_mix(args)
+    stats = LoadStats(tuple(route for route, _ in mix))
     ids: list[str] = []
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
 
@@ -380,7 +476,7 @@ async def run_load(
             (await client.get(f"/v1/searches/{ids[0]}")).raise_for_status()
 
         # one client, one request at a time: the service time without queueing
-        single: dict[str, list[float]] = {r: [] for r in ROUTES}
+        single: dict[str, list[float]] = {r: [] for r in ("submit", "status", "list")}
         for i in range(args.single_client_requests):
             route = "submit" if i % 10 == 0 else "status" if i % 10 < 7 else "list"
             t0 = time.perf_counter()
@@ -399,25 +495,25 @@ async def run_load(
             for route, values in single.items()
         }
 
+        async def call(route: str, rng: random.Random) -> httpx.Response:
+            if route == "submit":
+                return await submit(client)
+            if route == "list":
+                return await client.get("/v1/searches", params={"limit": 20})
+            suffix = "/trials" if route == "trials" else ""
+            return await client.get(f"/v1/searches/{rng.choice(ids)}{suffix}")
+
         on_start()
         deadline = time.perf_counter() + args.seconds
-        cut_submit = args.submit_fraction
-        cut_status = cut_submit + args.status_fraction
 
         async def one_client(index: int) -> None:
             rng = random.Random(args.seed * 1000 + index)
             while time.perf_counter() < deadline:
-                draw = rng.random()
-                route = "submit" if draw < cut_submit else "status" if draw < cut_status else "list"
+                route = pick(mix, rng.random())
                 stats.attempts[route] += 1
                 t0 = time.perf_counter()
                 try:
-                    if route == "submit":
-                        response = await submit(client)
-                    elif route == "status":
-                        response = await client.get(f"/v1/searches/{rng.choice(ids)}")
-                    else:
-                        response = await client.get("/v1/searches", params={"limit": 20})
+                    response = await call(route, rng)
                     elapsed = time.perf_counter() - t0
                 except Exception as exc:
                     stats.error(route, f"{route}: {type(exc).__name__}: {exc}")
@@ -436,6 +532,7 @@ async def run_load(
     total = sum(stats.attempts.values())
     return {
         "routes": stats.routes(),
+        "overall": stats.overall(),
         "errors": sum(stats.errors.values()),
         "error_samples": [f"{n}x {m}" for m, n in stats.samples.most_common()],
         "requests": total,
@@ -541,7 +638,7 @@ def run_dispatch(
             "worker", [hssl_bin(), "worker", "--concurrency", "1"], child_env(settings), workdir
         )
         procs.append(worker)
-        with psycopg.connect(cluster.conninfo(dbname), autocommit=True) as conn:
+        with monitor(cluster.conninfo(dbname)) as conn:
 
             def worker_up() -> bool:
                 if not worker.alive():
@@ -566,6 +663,157 @@ def run_dispatch(
             proc.stop()
 
 
+# ---- soak: the load while workers run trials ----------------------------------------------
+SOAK_ACTIVITY = """
+    SELECT count(*) FILTER (WHERE kind = 'trial.started'),
+           count(*) FILTER (WHERE kind = 'trial.finished'),
+           count(*) FILTER (WHERE kind = 'trial.finished' AND data->>'state' = 'COMPLETE'),
+           count(*) FILTER (WHERE kind = 'search.completed'),
+           count(*) FILTER (WHERE kind = 'search.failed')
+    FROM search_events WHERE created_at >= to_timestamp(%s) AND created_at < to_timestamp(%s)
+"""
+LOG_PROBLEMS = (" ERROR ", " CRITICAL ", "Traceback (most recent call last)")
+
+
+def start_workers(settings: Settings, workdir: Path, args: argparse.Namespace) -> list[Proc]:
+    env = {"OMP_NUM_THREADS": "1", **child_env(settings)}  # trials: one thread, as in the tests
+    command = [hssl_bin(), "worker", "--concurrency", str(args.worker_concurrency)]
+    return [
+        Proc(f"worker-{i}", [*command, "--name", f"soak-{i}"], env, workdir)
+        for i in range(args.soak_workers)
+    ]
+
+
+def wait_registered(conn: psycopg.Connection, workers: list[Proc]) -> None:
+    def registered() -> bool:
+        for worker in workers:
+            if not worker.alive():
+                raise RuntimeError(f"{worker.name} exited:\n{worker.tail()}")
+        row = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+        return bool(row and row[0] >= len(workers))
+
+    wait_for(registered, 120, "the workers to register", every=0.2)
+
+
+def wait_running(conn: psycopg.Connection, timeout: float) -> None:
+    """Until a worker runs a search (so trials run from the first second of the soak)."""
+
+    def running() -> bool:
+        row = conn.execute("SELECT 1 FROM search_events WHERE kind = 'trial.started' LIMIT 1")
+        return row.fetchone() is not None
+
+    wait_for(running, timeout, "a worker to start a trial", every=0.2)
+
+
+def soak_activity(conn: psycopg.Connection, t0: float, t1: float) -> dict[str, Any]:
+    """What the workers did between t0 and t1 (epoch seconds), from the events they wrote."""
+    row = conn.execute(SOAK_ACTIVITY, (t0, t1)).fetchone()
+    errors = conn.execute(
+        "SELECT error, count(*) FROM searches WHERE status = 'failed' "
+        "GROUP BY error ORDER BY count(*) DESC LIMIT 5"
+    ).fetchall()
+    return {
+        "runs_started": row[0],  # trial.started: one per run (a joint run trains every head)
+        "trials_finished": row[1],
+        "trials_complete": row[2],
+        "searches_completed": row[3],
+        "searches_failed": row[4],
+        "search_error_samples": [f"{n}x {(e or '')[:240]}" for e, n in errors],
+    }
+
+
+def log_problems(procs: list[Proc]) -> dict[str, Any]:
+    """ERROR/CRITICAL lines and tracebacks in the servers' own logs."""
+    out: dict[str, Any] = {}
+    for proc in procs:
+        try:
+            lines = proc.log.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        bad = [line for line in lines if any(mark in line for mark in LOG_PROBLEMS)]
+        out[proc.name] = {"problems": len(bad), "samples": [b[:240] for b in bad[:3]]}
+    return out
+
+
+def soak_budget(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    api = api_budget(settings)
+    worker = worker_budget(settings, args.worker_concurrency)
+    total = sum(api.values()) + args.soak_workers * sum(worker.values())
+    return {"api": api, "per_worker": worker, "workers": args.soak_workers, "total": total}
+
+
+def run_soak(
+    cluster: Cluster, dbname: str, settings: Settings, workdir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``--clients`` clients for ``--seconds`` against the API while ``--soak-workers``
+    `hssl worker` processes run the searches they (and the warm-up) submit."""
+    key = make_key(settings, "bench-soak")
+    procs: list[Proc] = []
+    clock: dict[str, float] = {}
+    try:
+        with (
+            ConnectionSampler(cluster.conninfo(), dbname) as sampler,
+            monitor(cluster.conninfo(dbname)) as conn,
+        ):
+            api, url = start_api(settings, workdir, "api-soak", args.server)
+            procs.append(api)
+            workers = start_workers(settings, workdir, args)
+            procs.extend(workers)
+            wait_registered(conn, workers)
+            parts = {"api": api.pid, "postgres": postmaster_pid(cluster), "load_generator": None}
+            window = CpuWindow({**parts, **{w.name: w.pid for w in workers}})
+
+            def on_start() -> None:  # after the warm-up submitted the first searches
+                wait_running(conn, args.soak_start_timeout)
+                clock["t0"] = time.time()
+                window.start()
+
+            say(f"soak: {args.clients} clients for {args.seconds:g} s, {len(workers)} worker(s)")
+            load = asyncio.run(run_load(url, key, args, on_start=on_start))
+            clock["t1"] = time.time()
+            cpu = window.stop()
+            activity = soak_activity(conn, clock["t0"], clock["t1"])
+    except Exception:
+        for proc in procs:
+            say(f"--- {proc.name} log tail ---\n{proc.tail()}")
+        raise
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    # after the stop: the logs are complete
+    return soak_result(load, sampler.summary(), soak_budget(settings, args), activity, cpu, procs)
+
+
+def soak_result(
+    load: dict[str, Any],
+    connections: dict[str, Any],
+    budget: dict[str, Any],
+    activity: dict[str, Any],
+    cpu: dict[str, Any],
+    procs: list[Proc],
+) -> dict[str, Any]:
+    peak = connections["max"]
+    within = peak is not None and peak <= budget["total"]
+    status_p99 = load["routes"].get("status", {}).get("p99_ms")
+    return {
+        **load,
+        "p99_ms": load["overall"]["p99_ms"],
+        "db_connections_max": peak,
+        "db_connection_budget": budget["total"],
+        "within_budget": within,
+        "db_connections": {**connections, "budget": budget},
+        **activity,
+        "server_logs": log_problems(procs),
+        "cpu": cpu,
+        "targets": {
+            "zero_errors": load["errors"] == 0,
+            "within_budget": within,
+            "trials_ran": activity["trials_finished"] > 0,
+            "status_p99_le_50ms": status_p99 is not None and status_p99 <= 50,
+        },
+    }
+
+
 # ---- main -------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -575,10 +823,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="serve",
         help="the API process: `hssl serve` or `uvicorn service.api:app`",
     )
-    p.add_argument("--clients", type=int, default=50)
-    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help="instead of phases 1 and 2: the load while `hssl worker` processes run trials",
+    )
+    p.add_argument("--clients", type=int, default=None, help="default 50 (soak: 100)")
+    p.add_argument("--seconds", type=float, default=None, help="default 30 (soak: 120)")
     p.add_argument("--submit-fraction", type=float, default=0.10)
-    p.add_argument("--status-fraction", type=float, default=0.60)  # the rest: list
+    p.add_argument("--status-fraction", type=float, default=0.60)
+    p.add_argument(
+        "--trials-fraction", type=float, default=None, help="default 0 (soak: 0.15); list: the rest"
+    )
     p.add_argument("--seed-searches", type=int, default=20, help="submitted before the clock")
     p.add_argument("--request-timeout", type=float, default=60.0)
     p.add_argument("--single-client-requests", type=int, default=50, help="before the load")
@@ -588,61 +844,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-settle", type=float, default=3.0)
     p.add_argument("--complete-timeout", type=float, default=900.0)
     p.add_argument("--skip-dispatch", action="store_true")
+    p.add_argument("--soak-workers", type=int, default=2, help="`hssl worker` processes")
+    p.add_argument("--worker-concurrency", type=int, default=1, help="searches per worker")
+    p.add_argument(
+        "--soak-start-timeout", type=float, default=300.0, help="for the first trial to start"
+    )
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    soak = {"clients": 100, "seconds": 120.0, "trials_fraction": 0.15}
+    plain = {"clients": 50, "seconds": 30.0, "trials_fraction": 0.0}
+    for name, value in (soak if args.soak else plain).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="hssl-api-load-"))
-    os.chmod(workdir, 0o755)
-    cluster = Cluster()
-    procs: list[Proc] = []
-    result: dict[str, Any] = {
-        "bench": "api_load",
-        "server": args.server,
-        "clients": args.clients,
-        "seconds": args.seconds,
-        "mix": {
-            "submit": args.submit_fraction,
-            "status": args.status_fraction,
-            "list": round(1 - args.submit_fraction - args.status_fraction, 3),
-        },
-    }
+def settings_factory(cluster: Cluster, workdir: Path, args: argparse.Namespace):
+    """Settings for one database of the cluster: the production path (PostgreSQL, searches
+    deferred to procrastinate workers), quotas that never bind."""
+    overrides: dict[str, Any] = {}
+    if args.pool_size is not None:
+        overrides["pool_size"] = args.pool_size
+    if args.max_overflow is not None:
+        overrides["max_overflow"] = args.max_overflow
+
+    def settings_for(dbname: str) -> Settings:
+        return Settings(
+            _env_file=None,
+            database_url=cluster.url(dbname),
+            data_dir=workdir / f"data-{dbname}",
+            data_root=workdir,
+            local_workers=0,
+            rate_limit_per_minute=GENEROUS,
+            max_concurrent_searches=GENEROUS,
+            **overrides,
+        )
+
+    return settings_for
+
+
+def run_phases(
+    cluster: Cluster, template: str, settings_for, workdir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Phase 1 (the load, no worker) then phase 2 (dispatch latency)."""
+    result: dict[str, Any] = {}
+    load_db = cluster.create_database(template=template, name="hssl_bench_load")
+    dispatch_db = cluster.create_database(template=template, name="hssl_bench_dispatch")
+
+    # ---- phase 1
+    load_settings = settings_for(load_db)
+    key = make_key(load_settings, "bench-load")
+    api, url = start_api(load_settings, workdir, "api-load", args.server)
     try:
-        cluster.start()
-        say(f"PostgreSQL on 127.0.0.1:{cluster.port}; workdir {workdir}")
-        overrides: dict[str, Any] = {}
-        if args.pool_size is not None:
-            overrides["pool_size"] = args.pool_size
-        if args.max_overflow is not None:
-            overrides["max_overflow"] = args.max_overflow
-
-        def settings_for(dbname: str) -> Settings:
-            return Settings(
-                _env_file=None,
-                database_url=cluster.url(dbname),
-                data_dir=workdir / f"data-{dbname}",
-                data_root=workdir,
-                local_workers=0,  # PostgreSQL + procrastinate workers: the production path
-                rate_limit_per_minute=GENEROUS,
-                max_concurrent_searches=GENEROUS,
-                **overrides,
-            )
-
-        template = cluster.create_database(name="hssl_bench_template")
-        t0 = time.monotonic()
-        migrate(settings_for(template))
-        result["migrate_s"] = round(time.monotonic() - t0, 2)
-        cluster.mark_template(template)
-        load_db = cluster.create_database(template=template, name="hssl_bench_load")
-        dispatch_db = cluster.create_database(template=template, name="hssl_bench_dispatch")
-
-        # ---- phase 1
-        load_settings = settings_for(load_db)
-        key = make_key(load_settings, "bench-load")
-        api, url = start_api(load_settings, workdir, "api-load", args.server)
-        procs.append(api)
         say(f"phase 1: {args.clients} clients for {args.seconds:g} s against {url}")
         window = CpuWindow(
             {"api": api.pid, "postgres": postmaster_pid(cluster), "load_generator": None}
@@ -650,75 +903,104 @@ def main(argv: list[str] | None = None) -> int:
         with ConnectionSampler(cluster.conninfo(), load_db) as sampler:
             load = asyncio.run(run_load(url, key, args, on_start=window.start))
             cpu = window.stop()
+    except Exception:
+        say(f"--- {api.name} log tail ---\n{api.tail()}")
+        raise
+    finally:
         api.stop()
-        procs.remove(api)
-        connections = sampler.summary()
-        budget = load_settings.pool_size + load_settings.max_overflow
-        # `hssl serve` defers with its own procrastinate pool (psycopg_pool, up to 4) beside
-        # SQLAlchemy's; the plain uvicorn app has no dispatcher, so no such pool
-        procrastinate_max = PROCRASTINATE_POOL_MAX if args.server == "serve" else 0
-        result.update(load)
-        result["db_connections_max"] = connections["max"]
-        result["db_connection_budget"] = budget
-        result["db_connections"] = {
-            **connections,
-            "sqlalchemy_pool": {
-                "pool_size": load_settings.pool_size,
-                "max_overflow": load_settings.max_overflow,
-            },
-            "procrastinate_pool_max": procrastinate_max,
-            "budget_with_procrastinate": budget + procrastinate_max,
-        }
-        cpu["api_cpu_ms_per_request"] = round(
-            cpu["api_cores"] * load["load_elapsed_s"] / max(load["requests"], 1) * 1000, 2
-        )
-        result["cpu"] = cpu
-        say(f"phase 1: {load['requests']} requests, {load['errors']} errors")
+    connections = sampler.summary()
+    # the API defers with its own procrastinate pool (psycopg_pool) beside SQLAlchemy's
+    api_parts = api_budget(load_settings)
+    budget = api_parts["sqlalchemy_pool"]
+    procrastinate_max = api_parts["procrastinate_pool"]
+    result.update(load)
+    result["db_connections_max"] = connections["max"]
+    result["db_connection_budget"] = budget
+    result["db_connections"] = {
+        **connections,
+        "sqlalchemy_pool": {
+            "pool_size": load_settings.pool_size,
+            "max_overflow": load_settings.max_overflow,
+        },
+        "procrastinate_pool_max": procrastinate_max,
+        "budget_with_procrastinate": budget + procrastinate_max,
+    }
+    cpu["api_cpu_ms_per_request"] = round(
+        cpu["api_cores"] * load["load_elapsed_s"] / max(load["requests"], 1) * 1000, 2
+    )
+    result["cpu"] = cpu
+    say(f"phase 1: {load['requests']} requests, {load['errors']} errors")
 
-        # ---- phase 2
-        dispatch: dict[str, Any] = {}
-        if not args.skip_dispatch:
-            say(f"phase 2: {args.dispatch_runs} tiny search(es) through an idle worker")
-            dispatch = run_dispatch(cluster, dispatch_db, settings_for(dispatch_db), workdir, args)
-            runs = dispatch["runs"]
-            # the first search a fresh idle worker takes, then (warm) the later ones
-            result["dispatch_latency_s"] = runs[0]["dispatch_latency_s"]
-            result["search_completed_s"] = runs[0]["search_completed_s"]
-            if len(runs) > 1:
-                result["dispatch_latency_warm_s"] = runs[-1]["dispatch_latency_s"]
-                result["search_completed_warm_s"] = runs[-1]["search_completed_s"]
-            result["dispatch_runs"] = runs
-            result["dispatch_db_connections"] = dispatch["db_connections"]
+    # ---- phase 2
+    dispatch: dict[str, Any] = {}
+    if not args.skip_dispatch:
+        say(f"phase 2: {args.dispatch_runs} tiny search(es) through an idle worker")
+        dispatch = run_dispatch(cluster, dispatch_db, settings_for(dispatch_db), workdir, args)
+        runs = dispatch["runs"]
+        # the first search a fresh idle worker takes, then (warm) the later ones
+        result["dispatch_latency_s"] = runs[0]["dispatch_latency_s"]
+        result["search_completed_s"] = runs[0]["search_completed_s"]
+        if len(runs) > 1:
+            result["dispatch_latency_warm_s"] = runs[-1]["dispatch_latency_s"]
+            result["search_completed_warm_s"] = runs[-1]["search_completed_s"]
+        result["dispatch_runs"] = runs
+        result["dispatch_db_connections"] = dispatch["db_connections"]
 
-        status_p99 = result["routes"]["status"]["p99_ms"]
-        latencies = [r["dispatch_latency_s"] for r in dispatch.get("runs", [])]
+    status_p99 = result["routes"]["status"]["p99_ms"]
+    latencies = [r["dispatch_latency_s"] for r in dispatch.get("runs", [])]
 
-        def within(values: list[float | None]) -> bool | None:
-            if not values:
-                return None
-            return all(v is not None and v <= 2.0 for v in values)
+    def within(values: list[float | None]) -> bool | None:
+        if not values:
+            return None
+        return all(v is not None and v <= 2.0 for v in values)
 
-        result["targets"] = {
-            "zero_errors": result["errors"] == 0,
-            "status_p99_le_50ms": status_p99 is not None and status_p99 <= 50,
-            "dispatch_le_2s": within(latencies[:1]),
-            "dispatch_warm_le_2s": within(latencies[1:]),
-        }
+    result["targets"] = {
+        "zero_errors": result["errors"] == 0,
+        "status_p99_le_50ms": status_p99 is not None and status_p99 <= 50,
+        "dispatch_le_2s": within(latencies[:1]),
+        "dispatch_warm_le_2s": within(latencies[1:]),
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="hssl-api-load-"))
+    os.chmod(workdir, 0o755)
+    cluster = Cluster()
+    result: dict[str, Any] = {
+        "bench": "api_load",
+        "mode": "soak" if args.soak else "load+dispatch",
+        "server": args.server,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "mix": shares(route_mix(args)),
+    }
+    try:
+        cluster.start()
+        say(f"PostgreSQL on 127.0.0.1:{cluster.port}; workdir {workdir}")
+        settings_for = settings_factory(cluster, workdir, args)
+        template = cluster.create_database(name="hssl_bench_template")
+        t0 = time.monotonic()
+        migrate(settings_for(template))
+        result["migrate_s"] = round(time.monotonic() - t0, 2)
+        cluster.mark_template(template)
+        if args.soak:
+            soak_db = cluster.create_database(template=template, name="hssl_bench_soak")
+            result["workers"] = args.soak_workers
+            result["worker_concurrency"] = args.worker_concurrency
+            result.update(run_soak(cluster, soak_db, settings_for(soak_db), workdir, args))
+        else:
+            result.update(run_phases(cluster, template, settings_for, workdir, args))
         result["machine"] = {
             "cores": os.cpu_count(),
             "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-            "note": "load generator, API, PostgreSQL (and in phase 2 the worker and its "
-            "trial processes) share these cores",
+            "note": "load generator, API, PostgreSQL and the workers with their trial "
+            "processes share these cores (and whatever else runs on the machine)",
         }
         print(json.dumps(result), flush=True)
         return 0
-    except Exception:
-        for proc in procs:
-            say(f"--- {proc.name} log tail ---\n{proc.tail()}")
-        raise
     finally:
-        for proc in reversed(procs):
-            proc.stop()
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -43,7 +43,7 @@ from search.records import records
 from search.run import SearchOutcome, report_of, run_search
 from search.spec import SearchSpec
 from search.stats import bootstrap_ci, mean_sd, spearman
-from search.storage import close_study, make_storage
+from search.storage import close_study, make_storage, sqlite_url, study_name
 from training.data import ImageSet, eval_view, open_dataset
 from training.probes import knn_accuracy, linear_probe
 
@@ -108,6 +108,18 @@ def study_specs(plan: dict[str, Any]) -> dict[str, SearchSpec]:
         "independent": SearchSpec.model_validate({**common, **independent}),
         "joint": SearchSpec.model_validate({**common, **joint}),
     }
+
+
+def stored_outcome(spec: SearchSpec, work_dir: Path) -> SearchOutcome:
+    """A search's outcome from its study as it stands (nothing trained)."""
+    url = sqlite_url(work_dir)
+    study = optuna.load_study(study_name=study_name(spec), storage=make_storage(url))
+    try:
+        report = report_of(study, spec)
+        status = study.user_attrs.get("status", "partial")
+    finally:
+        close_study(study)
+    return SearchOutcome(study.study_name, url, status, report["table"], report["ranking"], {}, [])
 
 
 def device_label() -> str:
@@ -608,10 +620,12 @@ def run_study(
     work_dir: Path | None = None,
     progress: bool = True,
     only: str | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Train what is missing, then write the outputs. ``only`` ("independent" or "joint")
     trains that search alone and writes nothing, so the two can train in parallel processes;
-    a later plain invocation reuses both and writes the report."""
+    a later plain invocation reuses both and writes the report. ``report_only`` trains
+    nothing and reports the runs finished so far (the table's n says how many per head)."""
     started = time.perf_counter()
     plan = load_plan(config, scale)
     device = device_label()
@@ -626,17 +640,20 @@ def run_study(
 
     if only is not None:
         specs = {only: specs[only]}
-    outcomes = {
-        strategy: run_search(
-            spec,
-            work_dir,
-            resume=True,
-            progress=progress,
-            isolate=bool(plan.get("isolate", True)),
-            on_event=on_event,
-        )
-        for strategy, spec in specs.items()
-    }
+    if report_only:
+        outcomes = {k: stored_outcome(spec, work_dir) for k, spec in specs.items()}
+    else:
+        outcomes = {
+            strategy: run_search(
+                spec,
+                work_dir,
+                resume=True,
+                progress=progress,
+                isolate=bool(plan.get("isolate", True)),
+                on_event=on_event,
+            )
+            for strategy, spec in specs.items()
+        }
     if only is not None:
         outcome = outcomes[only]
         return {
@@ -724,6 +741,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the runs finished so far",
+    )
+    parser.add_argument(
         "--only",
         choices=("independent", "joint"),
         default=None,
@@ -738,6 +760,7 @@ def main(argv: list[str] | None = None) -> None:
         work_dir=args.work,
         progress=not args.no_progress,
         only=args.only,
+        report_only=args.report_only,
     )
     t = results["timing"]
     print(json.dumps({"scale": args.scale, "device": results["device"], **_plain(t)}))

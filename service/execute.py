@@ -230,6 +230,7 @@ def _execute(settings: Settings, engine: Engine, sid: uuid.UUID, interrupt: Flag
             isolate=True,
             should_cancel=poll,
             on_event=writer,
+            data_root=settings.resolved_data_root,  # the worker reads only under it
         )
 
     try:

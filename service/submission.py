@@ -25,8 +25,8 @@ from service.errors import InvalidSpec, MalformedBody
 from service.models import Search, Tenant
 from service.problems import invalid_spec
 from service.settings import Settings
-from training.data.datasets import BUILTIN_SOURCES
-from training.errors import HSSLError
+from training.data.datasets import resolve_source
+from training.errors import DataError, HSSLError
 
 log = logging.getLogger("service.api")
 MAX_IDEMPOTENCY_KEY = 200
@@ -56,9 +56,11 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 
 def validate_spec(data: dict[str, Any]) -> SearchSpec:
-    """``SearchSpec`` validation; any error a validator lets slip is still a 422."""
+    """``SearchSpec`` validation; any error a validator lets slip is still a 422. Strict: the
+    body is JSON and gets exactly what its JSON Schema says (lax mode would take ``true`` or
+    ``"2"`` for an integer)."""
     try:
-        return SearchSpec.model_validate(data)
+        return SearchSpec.model_validate(data, strict=True)
     except ValidationError as exc:
         raise invalid_spec(exc) from None
     except (HSSLError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
@@ -67,34 +69,14 @@ def validate_spec(data: dict[str, Any]) -> SearchSpec:
 
 
 def resolve_data(source: str, root: Path) -> str:
-    """A built-in source as is, else a folder inside ``root`` as its resolved absolute path
-    (symlinks resolved first, so a link pointing out of the root is refused)."""
-    if source in BUILTIN_SOURCES:
-        return source
+    """A built-in source as is, else a folder inside ``root`` (relative paths start there) as
+    its resolved absolute path (symlinks resolved first, so a link out of the root is refused)."""
     try:
-        path = Path(source)
-        resolved = (path if path.is_absolute() else root / path).resolve()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise _data_error(source, f"it cannot be resolved ({_first_line(exc)})", root) from None
-    if not resolved.is_relative_to(root):
-        raise _data_error(source, f"it resolves to {resolved}, outside the data root", root)
-    try:
-        is_dir = resolved.is_dir()
-    except (OSError, ValueError):
-        is_dir = False
-    if not is_dir:
-        raise _data_error(
-            source,
-            f"there is no folder {resolved}; use one of {', '.join(BUILTIN_SOURCES)} or a "
-            "folder <class name>/<images> under the data root",
-            root,
-        )
-    return str(resolved)
-
-
-def _data_error(source: str, why: str, root: Path) -> InvalidSpec:
-    message = f"data {source!r} cannot be used: {why} (the data root is {root})"
-    return InvalidSpec(message, errors=[{"field": "data", "message": message}], data_root=str(root))
+        return resolve_source(source, root, base=root)
+    except DataError as exc:
+        message = str(exc)
+        errors = [{"field": "data", "message": message}]
+        raise InvalidSpec(message, errors=errors, data_root=str(root)) from None
 
 
 def check_idempotency_key(key: str | None) -> str | None:

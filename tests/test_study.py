@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"\d\.\d{3} ± \d\.\d{3}"
 
 
-def study(tmp_path: Path) -> float:
+def study(tmp_path: Path, *extra: str) -> float:
     started = time.perf_counter()
     proc = subprocess.run(
         [
@@ -27,6 +27,7 @@ def study(tmp_path: Path) -> float:
             "--work",
             str(tmp_path / "work"),
             "--no-progress",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -93,3 +94,10 @@ def test_tiny_study_writes_the_report_and_resumes_without_retraining(tmp_path):
     for key in ("independent_trials", "baseline_runs", "joint_trials"):
         assert again[key] == timing[key]
     assert second < first
+
+    (out / "study.md").unlink()
+    study(tmp_path, "--report-only")  # trains nothing, reports what the studies hold
+    reported = json.loads((out / "results.json").read_text())
+    assert reported["timing"]["trained_now"] == 0
+    assert reported["rows"] == json.loads(json.dumps(results["rows"]))
+    assert (out / "study.md").read_text().count("| baseline") == md.count("| baseline")
