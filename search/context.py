@@ -65,6 +65,7 @@ class SearchContext:
             output_dir=self.workdir / name,
             timeout_s=timeout,
             should_cancel=self.should_cancel,
+            memory_limit_mb=self.spec.budget.trial_memory_mb,
         )
 
     def values(self, final: dict[str, Any]) -> list[float] | None:

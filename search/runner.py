@@ -33,13 +33,17 @@ def run_trial_isolated(
     output_dir: str | Path | None = None,
     timeout_s: float | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    memory_limit_mb: int | None = None,
 ) -> TrialResult:
-    """``training.run_trial`` in a spawned child process; see the module docstring."""
+    """``training.run_trial`` in a spawned child process; see the module docstring.
+    ``memory_limit_mb`` caps what the child may allocate (``training.runtime.cap_memory``)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     out = str(output_dir) if output_dir else None
     proc = ctx.Process(
-        target=_child_main, args=(config.to_dict(), out, child, os.getpid()), daemon=True
+        target=_child_main,
+        args=(config.to_dict(), out, child, os.getpid(), memory_limit_mb),
+        daemon=True,
     )
     started = time.monotonic()
     proc.start()
@@ -78,9 +82,11 @@ def run_trial_inline(
     output_dir: str | Path | None = None,
     timeout_s: float | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    memory_limit_mb: int | None = None,
 ) -> TrialResult:
     """``run_trial`` in this process (debugging, fast tests): no crash isolation, and no
-    wall-clock limit or cancellation (``timeout_s`` and ``should_cancel`` are ignored)."""
+    wall-clock limit, cancellation or memory cap (``timeout_s``, ``should_cancel`` and
+    ``memory_limit_mb`` are ignored: each would act on the whole calling process)."""
     started = time.monotonic()
     try:
         from training.loop import run_trial
@@ -103,9 +109,19 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_main(config: dict[str, Any], output_dir: str | None, conn, parent_pid: int) -> None:
+def _child_main(
+    config: dict[str, Any],
+    output_dir: str | None,
+    conn,
+    parent_pid: int,
+    memory_limit_mb: int | None = None,
+) -> None:
     die_with_parent(parent_pid)
     from training.loop import run_trial
+    from training.runtime import cap_memory
+
+    if memory_limit_mb is not None:
+        cap_memory(memory_limit_mb, config.get("device", "auto"))
 
     def report(epoch: int, metrics: dict[str, Any]) -> bool:
         conn.send(("report", epoch, metrics))

@@ -119,6 +119,14 @@ class Budget(Strict):
         None, ge=1, description="zero-cost pre-screen: train only the top N by initial D"
     )
     prescreen_images: int = Field(512, ge=20, le=100_000)
+    trial_memory_mb: int | None = Field(
+        None,
+        ge=64,
+        le=16_777_216,
+        description="cap on what one trial may allocate, in MiB: host memory on a CPU (beyond "
+        "what its process holds before training), GPU memory on CUDA; a trial over it fails "
+        "'out of memory' and the search goes on",
+    )
 
 
 class SearchSpec(Strict):

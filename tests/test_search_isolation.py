@@ -1,5 +1,6 @@
-"""Trials in child processes: a killed trial fails with its reason and the search goes on;
-the CLI runs a whole search; optuna-dashboard opens the study."""
+"""Trials in child processes: a killed trial, one over its memory cap and one whose data
+vanish mid-run each fail with their reason and the search goes on; the CLI runs a whole search;
+optuna-dashboard opens the study."""
 
 import json
 import os
@@ -10,31 +11,21 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import yaml
+from PIL import Image
 
 from search.run import run_search
 from tests.cli_helpers import BIN, run
 from tests.net_helpers import free_port
+from tests.process_helpers import children
 from tests.search_helpers import TINY_SEARCH, tiny
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def kill_first_child(stop: threading.Event) -> None:
     """Play the OOM killer: SIGKILL the first trial process this test starts."""
     while not stop.is_set():
-        for pid in children_of(os.getpid()):
+        for pid in children(os.getpid()):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
                 time.sleep(1.0)  # let it get going
@@ -120,3 +111,61 @@ def test_optuna_dashboard_opens_the_search_study(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_trial_over_its_memory_cap_fails_out_of_memory_and_the_search_goes_on(tmp_path):
+    # one base for both; the 12-block wide convnext head needs ~1 GiB of activations, the
+    # one-block MLP ~0.1 GiB: a 400 MiB cap lets one through and stops the other
+    spec = tiny(
+        strategy="independent",
+        base={"img_size": 32, "width": 64},
+        space={"heads": ["mlp:depth=1", "convnext:depth=12,kernel=11,width_ratio=16"]},
+        budget={"batch_size": 64, "trial_memory_mb": 400},
+        objectives=["d_kl"],
+    )
+    outcome = run_search(spec, tmp_path, progress=False, isolate=True)
+    assert outcome.status == "completed"
+    heads = {h["label"]: h for h in outcome.ranking["heads"]}
+    small, big = (heads[h.label()] for h in spec.space.candidates())
+    assert (small["n"], small["failed"], small["rank"]) == (1, 0, 1)
+    assert big["n"] == 0 and big["failed"] == 1
+    assert any("out of memory" in r for r in big["failure_reasons"]), big
+
+
+def _image_folder(root: Path, per_class: int = 40) -> list[Path]:
+    rng = np.random.default_rng(0)
+    files = []
+    for c, name in enumerate(("cats", "dogs")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) // (1 + c)
+            files.append(root / name / f"{i:03d}.png")
+            Image.fromarray(pixels).save(files[-1])
+    return files
+
+
+def test_a_trial_whose_images_vanish_mid_run_fails_naming_one_and_the_next_runs(tmp_path):
+    files = _image_folder(tmp_path / "pets")
+    spec = tiny(
+        strategy="independent",
+        data=str(tmp_path / "pets"),
+        space={"heads": ["mlp:depth=1", "pool:depth=1"]},
+        budget={"epochs": 3, "data_limit": None},
+        objectives=["d_kl"],
+    )
+    vanished: list[Path] = []
+
+    def on_event(kind, data):  # the first trial's first epoch: half of every class goes
+        if kind == "trial.reported" and data["epoch"] == 1 and not vanished:
+            for path in files[::2]:
+                path.unlink()
+                vanished.append(path)
+
+    outcome = run_search(spec, tmp_path / "work", progress=False, isolate=True, on_event=on_event)
+    assert outcome.status == "completed" and vanished
+    heads = {h["label"]: h for h in outcome.ranking["heads"]}
+    first, second = (heads[h.label()] for h in spec.space.candidates())  # in the order run
+    assert first["failed"] == 1 and first["n"] == 0
+    (reason,) = first["failure_reasons"]
+    assert "cannot decode image" in reason and any(str(p) in reason for p in vanished)
+    assert second["n"] == 1 and second["failed"] == 0  # scanned afresh: the files left

@@ -23,7 +23,7 @@ from training.errors import HSSLError, TrainingError
 from training.masking import sample_masks
 from training.optim import clip_per_tensor, freeze_prototypes, set_schedules
 from training.recipe import TrialConfig, TrialResult
-from training.runtime import peak_memory_mb, seed_everything
+from training.runtime import is_out_of_memory, peak_memory_mb, seed_everything
 from training.session import Session, build_session, evaluate_session
 
 Report = Callable[[int, dict[str, Any]], bool]
@@ -52,10 +52,12 @@ def run_trial(
         return TrialResult(
             status="failed", reason=str(exc), wall_time_s=time.perf_counter() - started
         )
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
         return TrialResult(
             status="failed",
-            reason="out of memory: lower batch_size or the model/head size",
+            reason="out of memory: lower batch_size or the model/head size, or raise the cap",
             wall_time_s=time.perf_counter() - started,
         )
 

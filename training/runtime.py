@@ -76,3 +76,39 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _address_space_bytes() -> int:
+    """This process's current virtual size (Linux: /proc/self/statm, in pages)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[0])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def cap_memory(limit_mb: int, device: str) -> None:
+    """Cap what this process may allocate from now on to ``limit_mb`` MiB: on CUDA the GPU
+    memory (the caching allocator's per-process fraction), on a CPU the host memory, as an
+    address-space limit of the current size plus ``limit_mb`` (Linux). An allocation past it
+    raises, and ``run_trial`` fails the trial as out of memory. Call it in a process of its
+    own (the isolated runner's child): it binds the whole process."""
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        index = torch.device(device).index if device.startswith("cuda:") else None
+        total = torch.cuda.get_device_properties(index or 0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_mb * 2**20 / total), index)
+        return
+    if not sys.platform.startswith("linux"):
+        return
+    ceiling = _address_space_bytes() + limit_mb * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, hard))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, Python's MemoryError, or the CPU
+    allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
