@@ -621,11 +621,14 @@ def run_study(
     progress: bool = True,
     only: str | None = None,
     report_only: bool = False,
+    join: bool = False,
 ) -> dict[str, Any]:
     """Train what is missing, then write the outputs. ``only`` ("independent" or "joint")
     trains that search alone and writes nothing, so the two can train in parallel processes;
     a later plain invocation reuses both and writes the report. ``report_only`` trains
-    nothing and reports the runs finished so far (the table's n says how many per head)."""
+    nothing and reports the runs finished so far (the table's n says how many per head).
+    ``join`` (with ``only="independent"``) trains beside a live process on the same study,
+    taking the runs it has neither finished nor started."""
     started = time.perf_counter()
     plan = load_plan(config, scale)
     device = device_label()
@@ -651,6 +654,7 @@ def run_study(
                 progress=progress,
                 isolate=bool(plan.get("isolate", True)),
                 on_event=on_event,
+                reconcile=not join,
             )
             for strategy, spec in specs.items()
         }
@@ -746,6 +750,11 @@ def main(argv: list[str] | None = None) -> None:
         help="train nothing: report the runs finished so far",
     )
     parser.add_argument(
+        "--join",
+        action="store_true",
+        help="with --only independent: train beside a live process on the same study",
+    )
+    parser.add_argument(
         "--only",
         choices=("independent", "joint"),
         default=None,
@@ -761,6 +770,7 @@ def main(argv: list[str] | None = None) -> None:
         progress=not args.no_progress,
         only=args.only,
         report_only=args.report_only,
+        join=args.join,
     )
     t = results["timing"]
     print(json.dumps({"scale": args.scale, "device": results["device"], **_plain(t)}))

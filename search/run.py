@@ -85,6 +85,7 @@ def run_search(
     should_cancel: Callable[[], bool] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     data_root: str | Path | None = None,
+    reconcile: bool = True,
 ) -> SearchOutcome:
     """Run (or resume) the search ``spec`` and write ranking, recommendation and plot.
 
@@ -92,13 +93,15 @@ def run_search(
     ``trial.finished`` (with the trial's values and user attributes) as they happen. With
     ``data_root`` (a service's), a folder ``spec.data`` outside it is refused (DataError)
     before the study is opened: the spec may not have come through the API's check, or the
-    folder may have been swapped for a link since.
+    folder may have been swapped for a link since. ``reconcile=False`` joins a study another
+    live process is running (independent strategy): its running trials are left alone
+    instead of being failed as orphans.
     """
     if data_root is not None:
         resolve_source(spec.data, Path(data_root).resolve())
     url = storage_url or sqlite_url(data_dir)
     study = open_study(spec, url, resume=resume)
-    reconciled = reconcile_orphans(study)
+    reconciled = reconcile_orphans(study) if reconcile else []
     workdir = Path(data_dir) / "searches" / study.study_name
     bar = tqdm(
         total=planned_runs(spec), disable=not progress, desc=study.study_name, dynamic_ncols=True

@@ -71,12 +71,23 @@ def run_joint(ctx: SearchContext, candidates: list[HeadSpec]) -> None:
                 ctx.add_finished(result, head, seed, "joint", candidates)
 
 
+def running_runs(ctx: SearchContext, strategy: str) -> set[tuple[str, int]]:
+    """(label, seed) of the trials of a strategy running now (named when asked)."""
+    return {
+        (t.user_attrs["label"], t.user_attrs["seed"])
+        for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get("strategy") == strategy and "label" in t.user_attrs
+    }
+
+
 def run_independent(ctx: SearchContext, candidates: list[HeadSpec]) -> None:
-    done = done_runs(ctx, "independent")
+    """Every (candidate, seed) not yet finished, read again before each run, so several
+    processes can share one study: each skips what the others finished or are running."""
     dist = {"head": ctx.head_param(candidates)}
     for seed in ctx.spec.seeds():  # seed-major: every head gets seed 0 before any gets seed 1
         for head in candidates:
-            if (head.label(), seed) in done:
+            taken = done_runs(ctx, "independent") | running_runs(ctx, "independent")
+            if (head.label(), seed) in taken:
                 continue
             if ctx.out_of_time() or ctx.cancelled():
                 return

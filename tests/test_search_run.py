@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from search.recommendation import load_recommendation
-from search.run import run_search
+from search.run import open_study, run_search
 from search.storage import make_storage, sqlite_url
 from service.cli_train import load_config_file
 from tests.search_helpers import tiny
@@ -170,3 +170,20 @@ def test_same_spec_and_seed_give_the_same_ranking(tmp_path):
     b = run_search(spec, tmp_path / "b", progress=False, isolate=False).ranking
     assert [r["label"] for r in a["heads"]] == [r["label"] for r in b["heads"]]
     assert [r["mean"]["d_kl"] for r in a["heads"]] == [r["mean"]["d_kl"] for r in b["heads"]]
+
+
+def test_a_joining_process_skips_the_runs_another_is_running_and_leaves_them_alone(tmp_path):
+    spec = tiny(strategy="independent", name="shared")
+    labels = [h.label() for h in spec.space.candidates()]
+    study = open_study(spec, sqlite_url(tmp_path), resume=True)
+    busy = study.ask()  # another live process is running the first head's seed-0 run
+    for key, value in {"label": labels[0], "seed": 0, "strategy": "independent"}.items():
+        busy.set_user_attr(key, value)
+
+    outcome = run_search(
+        spec, tmp_path, resume=True, progress=False, isolate=False, reconcile=False
+    )
+    trials = optuna.load_study(study_name="shared", storage=sqlite_url(tmp_path)).trials
+    assert trials[0].state == optuna.trial.TrialState.RUNNING  # not failed as an orphan
+    ran = sorted(t.user_attrs["label"] for t in trials[1:])
+    assert ran == sorted(labels[1:]) and outcome.reconciled == []
