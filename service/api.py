@@ -105,8 +105,26 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema = model.model_json_schema(ref_template=template, mode="validation")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    _no_null_parameters(doc)
     app.openapi_schema = doc
     return doc
+
+
+def _no_null_parameters(doc: dict[str, Any]) -> None:
+    """An optional query or header parameter (``int | None = None``) is omitted, never JSON
+    ``null``: FastAPI documents it as ``anyOf: [..., {"type": "null"}]``, which invites clients
+    (and fuzzers) to send the text ``null``, refused as 422. Keep only the non-null schema."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                options = [s for s in schema.get("anyOf", ()) if s != {"type": "null"}]
+                if "anyOf" in schema and len(options) < len(schema["anyOf"]):
+                    del schema["anyOf"]
+                    if len(options) == 1:
+                        schema.update(options[0])
+                    else:
+                        schema["anyOf"] = options
 
 
 def _module_app() -> FastAPI:

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.errors import MalformedBody, Problem
 from service.schemas import PROBLEM_BASE
@@ -154,18 +155,41 @@ async def _on_http(request: Request, exc: Exception) -> ProblemResponse:
     except ValueError:
         phrase = "Error"
     detail = exc.detail if isinstance(exc.detail, str) else phrase
+    headers = dict(exc.headers or {})
     if status == 404:
         detail = f"no route {request.url.path}; see /docs for the API"
     elif status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
     return problem_response(
         request.url.path,
         status=status,
         title=phrase,
         slug=re.sub(r"[^a-z0-9]+", "-", phrase.lower()).strip("-"),
         detail=detail,
-        headers=exc.headers,
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path. Starlette's own ``Allow`` names only the
+    route that matched the path first (``POST`` for ``/v1/searches``, whose ``GET`` is another
+    route), so each method is probed against the whole router."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        probe = {
+            "type": "http",
+            "method": method,
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "headers": [],
+            "query_string": b"",
+        }
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def internal_error(request_path: str) -> ProblemResponse:

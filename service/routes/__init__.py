@@ -33,7 +33,7 @@ _DETAILS = {
     415: "the body must be application/json (got text/plain)",
     422: "limit: Input should be less than or equal to 100",
     429: "more than 600 requests a minute with this key; retry after 2 s",
-    503: "the database is not migrated to the newest revision; run `hssl migrate`",
+    503: "the database does not answer right now; retry shortly",
 }
 
 
@@ -56,7 +56,10 @@ def problems(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]
     return out
 
 
-AUTH_PROBLEMS = (401, 429)
+# every /v1 route: the key is checked (and rate-limited) in the database, 503 when it is down
+AUTH_PROBLEMS = (401, 429, 503)
+# any POST with a body passes the request guard first (service.middleware), used or not
+BODY_PROBLEMS = (413, 415)
 
 
 def settings_of(request: Request) -> Settings:

@@ -32,6 +32,26 @@ EXAMPLE = (
     ": ping\n\n"
     "id: 9\nevent: search.completed\ndata: {}\n\n"
 )
+# One event of the stream: before OpenAPI 3.2's `itemSchema`, the `schema` of a
+# text/event-stream describes each event (its `id`, `event` and `data` fields), not the text.
+EVENT_SCHEMA = {
+    "type": "object",
+    "description": "one event; comment lines (`: ping`) only keep the connection open",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "the event's id: send the last one as `Last-Event-ID` to resume",
+        },
+        "event": {"type": "string", "description": "the kind, e.g. `trial.finished`"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "the event's JSON object, on one line",
+        },
+    },
+}
 
 
 def sse(event: SearchEvent) -> str:
@@ -47,7 +67,7 @@ def sse(event: SearchEvent) -> str:
         200: {
             "description": "events `search.*`, `trial.started`, `trial.reported`, "
             "`trial.finished` until a final `search.completed|failed|cancelled`",
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": EXAMPLE}},
+            "content": {"text/event-stream": {"schema": EVENT_SCHEMA, "example": EXAMPLE}},
         },
         **problems(*AUTH_PROBLEMS, 404, 422),
     },

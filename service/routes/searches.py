@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from service import store
 from service.auth import TenantDep
 from service.db import session_scope
-from service.routes import AUTH_PROBLEMS, engine_of, problems, settings_of
+from service.routes import AUTH_PROBLEMS, BODY_PROBLEMS, engine_of, problems, settings_of
 from service.schemas import STATUSES, SearchPage, SearchResource, Status
-from service.submission import submit_search
+from service.submission import MAX_IDEMPOTENCY_KEY, submit_search
 
 router = APIRouter(prefix="/v1/searches", tags=["searches"])
 
@@ -37,9 +37,8 @@ SPEC_EXAMPLE = {
     responses=problems(
         400,
         *AUTH_PROBLEMS,
+        *BODY_PROBLEMS,
         409,
-        413,
-        415,
         422,
         d409="this Idempotency-Key was used with a different body",
         d422="the spec is invalid (each field in `errors`)",
@@ -65,8 +64,12 @@ async def create_search(
         str | None,
         Header(
             description="repeat a submission safely: the same key and body give the same "
-            "search, the same key with another body is 409",
-            max_length=200,
+            "search, the same key with another body is 409 (1 to 200 printable ASCII "
+            "characters)",
+            min_length=1,
+            max_length=MAX_IDEMPOTENCY_KEY,
+            # printable ASCII; no space at either end (HTTP strips those from a header value)
+            pattern=r"^[!-~]([ -~]*[!-~])?$",
         ),
     ] = None,
 ) -> SearchResource:
@@ -126,7 +129,7 @@ def get_search(request: Request, tenant: TenantDep, search_id: uuid.UUID) -> Sea
     summary="Cancel a search",
     response_description="Accepted: a queued search is cancelled now, a running one stops "
     "within one epoch (status cancelling, then cancelled)",
-    responses=problems(*AUTH_PROBLEMS, 404, 422),
+    responses=problems(*AUTH_PROBLEMS, *BODY_PROBLEMS, 404, 422),
 )
 def cancel_search(request: Request, tenant: TenantDep, search_id: uuid.UUID) -> SearchResource:
     with session_scope(engine_of(request)) as s:
