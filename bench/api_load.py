@@ -50,6 +50,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ from service.db import session_scope  # noqa: E402
 from service.migrate import migrate  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.worker import make_app  # noqa: E402
+from tests.dispatch_helpers import wait_for  # noqa: E402
 from tests.pg import Cluster, free_port  # noqa: E402
 from tests.search_helpers import TINY_SEARCH  # noqa: E402
 
@@ -544,17 +546,6 @@ async def run_load(
 
 
 # ---- phase 2: dispatch latency ----------------------------------------------------------
-def wait_for(check, timeout: float, what: str, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
-
-
 def one_dispatch(conn: psycopg.Connection, url: str, key: str, timeout: float) -> dict[str, Any]:
     headers = {
         "Authorization": f"Bearer {key}",
@@ -605,13 +596,13 @@ def one_dispatch(conn: psycopg.Connection, url: str, key: str, timeout: float) -
             return -1.0
         return first("trial.started")
 
-    started_at = wait_for(started, timeout, "the first trial.started")
+    started_at = wait_for(started, timeout, every=0.02, what="the first trial.started")
     running_at = first("search.running")
 
     def since(at: float | None, digits: int = 3) -> float | None:
         return None if at is None else round(at - t0, digits)
 
-    status, finished_at = wait_for(final, timeout, "the search to finish", every=0.2)
+    status, finished_at = wait_for(final, timeout, every=0.2, what="the search to finish")
     job = conn.execute("SELECT status FROM jobs WHERE search_id = %s", (sid,)).fetchone()
     return {
         "search_id": sid,
@@ -626,12 +617,27 @@ def one_dispatch(conn: psycopg.Connection, url: str, key: str, timeout: float) -
     }
 
 
+@contextlib.contextmanager
+def supervised() -> Iterator[list[Proc]]:
+    """The server processes a phase starts (append them): their log tails are printed if the
+    phase fails, and every one is stopped at its end, last started first."""
+    procs: list[Proc] = []
+    try:
+        yield procs
+    except Exception:
+        for proc in procs:
+            say(f"--- {proc.name} log tail ---\n{proc.tail()}")
+        raise
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
 def run_dispatch(
     cluster: Cluster, dbname: str, settings: Settings, workdir: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     key = make_key(settings, "bench-dispatch")
-    procs: list[Proc] = []
-    try:
+    with supervised() as procs:
         api, url = start_api(settings, workdir, "api-dispatch", args.server)
         procs.append(api)
         worker = Proc(
@@ -646,7 +652,7 @@ def run_dispatch(
                 row = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
                 return bool(row and row[0])
 
-            wait_for(worker_up, 120, "the worker to register", every=0.2)
+            wait_for(worker_up, 120, every=0.2, what="the worker to register")
             time.sleep(args.worker_settle)  # idle: its start-up maintenance job is done
             with ConnectionSampler(cluster.conninfo(), dbname) as sampler:
                 runs = [
@@ -654,13 +660,6 @@ def run_dispatch(
                     for _ in range(args.dispatch_runs)
                 ]
         return {"runs": runs, "db_connections": sampler.summary()}
-    except Exception:
-        for proc in procs:
-            say(f"--- {proc.name} log tail ---\n{proc.tail()}")
-        raise
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
 
 
 # ---- soak: the load while workers run trials ----------------------------------------------
@@ -692,7 +691,7 @@ def wait_registered(conn: psycopg.Connection, workers: list[Proc]) -> None:
         row = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
         return bool(row and row[0] >= len(workers))
 
-    wait_for(registered, 120, "the workers to register", every=0.2)
+    wait_for(registered, 120, every=0.2, what="the workers to register")
 
 
 def wait_running(conn: psycopg.Connection, timeout: float) -> None:
@@ -702,7 +701,7 @@ def wait_running(conn: psycopg.Connection, timeout: float) -> None:
         row = conn.execute("SELECT 1 FROM search_events WHERE kind = 'trial.started' LIMIT 1")
         return row.fetchone() is not None
 
-    wait_for(running, timeout, "a worker to start a trial", every=0.2)
+    wait_for(running, timeout, every=0.2, what="a worker to start a trial")
 
 
 def soak_activity(conn: psycopg.Connection, t0: float, t1: float) -> dict[str, Any]:
@@ -748,38 +747,30 @@ def run_soak(
     """``--clients`` clients for ``--seconds`` against the API while ``--soak-workers``
     `hssl worker` processes run the searches they (and the warm-up) submit."""
     key = make_key(settings, "bench-soak")
-    procs: list[Proc] = []
     clock: dict[str, float] = {}
-    try:
-        with (
-            ConnectionSampler(cluster.conninfo(), dbname) as sampler,
-            monitor(cluster.conninfo(dbname)) as conn,
-        ):
-            api, url = start_api(settings, workdir, "api-soak", args.server)
-            procs.append(api)
-            workers = start_workers(settings, workdir, args)
-            procs.extend(workers)
-            wait_registered(conn, workers)
-            parts = {"api": api.pid, "postgres": postmaster_pid(cluster), "load_generator": None}
-            window = CpuWindow({**parts, **{w.name: w.pid for w in workers}})
+    with (
+        supervised() as procs,
+        ConnectionSampler(cluster.conninfo(), dbname) as sampler,
+        monitor(cluster.conninfo(dbname)) as conn,
+    ):
+        api, url = start_api(settings, workdir, "api-soak", args.server)
+        procs.append(api)
+        workers = start_workers(settings, workdir, args)
+        procs.extend(workers)
+        wait_registered(conn, workers)
+        parts = {"api": api.pid, "postgres": postmaster_pid(cluster), "load_generator": None}
+        window = CpuWindow({**parts, **{w.name: w.pid for w in workers}})
 
-            def on_start() -> None:  # after the warm-up submitted the first searches
-                wait_running(conn, args.soak_start_timeout)
-                clock["t0"] = time.time()
-                window.start()
+        def on_start() -> None:  # after the warm-up submitted the first searches
+            wait_running(conn, args.soak_start_timeout)
+            clock["t0"] = time.time()
+            window.start()
 
-            say(f"soak: {args.clients} clients for {args.seconds:g} s, {len(workers)} worker(s)")
-            load = asyncio.run(run_load(url, key, args, on_start=on_start))
-            clock["t1"] = time.time()
-            cpu = window.stop()
-            activity = soak_activity(conn, clock["t0"], clock["t1"])
-    except Exception:
-        for proc in procs:
-            say(f"--- {proc.name} log tail ---\n{proc.tail()}")
-        raise
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
+        say(f"soak: {args.clients} clients for {args.seconds:g} s, {len(workers)} worker(s)")
+        load = asyncio.run(run_load(url, key, args, on_start=on_start))
+        clock["t1"] = time.time()
+        cpu = window.stop()
+        activity = soak_activity(conn, clock["t0"], clock["t1"])
     # after the stop: the logs are complete
     return soak_result(load, sampler.summary(), soak_budget(settings, args), activity, cpu, procs)
 

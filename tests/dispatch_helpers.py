@@ -42,6 +42,16 @@ def new_search(
     return search_id
 
 
+def tenant_key(settings: Settings, max_concurrent: int = 2, max_trials: int = 50) -> str:
+    """A new tenant "acme" and a live API key of it."""
+    with session_scope(engine_of(settings)) as s:
+        tenant = store.create_tenant(
+            s, "acme", max_concurrent=max_concurrent, max_trials=max_trials
+        )
+        key, _ = store.create_api_key(s, tenant)
+    return key
+
+
 def search_row(settings: Settings, search_id: uuid.UUID) -> Search:
     with session_scope(engine_of(settings)) as s:
         return s.get(Search, search_id)

@@ -16,14 +16,22 @@ import psycopg
 import pytest
 from sqlalchemy import update
 
-from service import store
 from service.db import session_scope
 from service.dispatch import LocalDispatcher, ProcrastinateDispatcher, make_dispatcher
 from service.execute import engine_of
 from service.models import Job, utcnow
 from service.worker import conninfo, maintain, make_app
 from tests.conftest import make_settings
-from tests.dispatch_helpers import cancel, events, job_row, new_search, search_row, trials, wait_for
+from tests.dispatch_helpers import (
+    cancel,
+    events,
+    job_row,
+    new_search,
+    search_row,
+    tenant_key,
+    trials,
+    wait_for,
+)
 from tests.net_helpers import free_port, http
 from tests.process_helpers import pg_settings, start_serve, start_worker
 from tests.search_helpers import TINY_SEARCH, tiny
@@ -216,9 +224,7 @@ def test_hssl_serve_runs_a_posted_search_through_a_crash_and_a_restart(
     sqlite_database_url, tmp_path, clean_env
 ):
     settings = make_settings(tmp_path, sqlite_database_url)
-    with session_scope(engine_of(settings)) as s:
-        tenant = store.create_tenant(s, "acme", max_concurrent=2, max_trials=50)
-        key, _ = store.create_api_key(s, tenant)
+    key = tenant_key(settings)
     port, log_path = free_port(), tmp_path / "serve.log"
     base = f"http://127.0.0.1:{port}"
     body = {**TINY_SEARCH, "strategy": "joint", "budget": {**TINY_SEARCH["budget"], "epochs": 6}}

@@ -16,14 +16,12 @@ import httpx
 import pytest
 
 from search.storage import INTERRUPTED
-from service import store
 from service.client import FINAL_EVENTS, parse_sse
-from service.db import session_scope
 from service.dispatch import ProcrastinateDispatcher
 from service.execute import engine_of
 from service.migrate import migrate
 from service.settings import Settings
-from tests.dispatch_helpers import events, new_search, search_row, trials, wait_for
+from tests.dispatch_helpers import events, new_search, search_row, tenant_key, trials, wait_for
 from tests.net_helpers import free_port
 from tests.pg import Cluster
 from tests.process_helpers import alive, children, pg_settings, start_serve, start_worker
@@ -130,9 +128,7 @@ def test_an_api_restart_loses_nothing_and_sse_clients_resume_with_last_event_id(
     pg_database_url, tmp_path, clean_env
 ):
     settings = pg_settings(pg_database_url, tmp_path)
-    with session_scope(engine_of(settings)) as s:
-        tenant = store.create_tenant(s, "acme", max_concurrent=2, max_trials=50)
-        key, _ = store.create_api_key(s, tenant)
+    key = tenant_key(settings)
     port, log_path = free_port(), tmp_path / "api.log"
     base = f"http://127.0.0.1:{port}"
     api = start_serve(settings, port, log_path, local_workers=0)
@@ -181,9 +177,7 @@ def test_a_postgresql_restart_mid_search_is_ridden_out_by_api_and_worker(tmp_pat
     api = worker = None
     try:
         migrate(settings)
-        with session_scope(engine_of(settings)) as s:
-            tenant = store.create_tenant(s, "acme", max_concurrent=4, max_trials=50)
-            key, _ = store.create_api_key(s, tenant)
+        key = tenant_key(settings, max_concurrent=4)
         engine_of(settings).dispose()
         headers = {"Authorization": f"Bearer {key}"}
         port = free_port()
