@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from search.plot import plot_search
-from search.ranking import HeadSummary, correlations, rank, summarize
+from search.ranking import HeadSummary, correlations, plain_json, rank, summarize
 from search.records import records
 from search.run import SearchOutcome, report_of, run_search
 from search.spec import SearchSpec
@@ -602,16 +602,6 @@ def markdown(r: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- driver
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value
-
-
 def run_study(
     scale: str,
     *,
@@ -728,7 +718,7 @@ def run_study(
         close_study(joint_study)
     (out_dir / "study.md").write_text(markdown(results))
     (out_dir / "results.json").write_text(
-        json.dumps(_plain(results), indent=1, allow_nan=False) + "\n"
+        json.dumps(plain_json(results), indent=1, allow_nan=False) + "\n"
     )
     return results
 
@@ -773,7 +763,7 @@ def main(argv: list[str] | None = None) -> None:
         join=args.join,
     )
     t = results["timing"]
-    print(json.dumps({"scale": args.scale, "device": results["device"], **_plain(t)}))
+    print(json.dumps({"scale": args.scale, "device": results["device"], **plain_json(t)}))
 
 
 if __name__ == "__main__":

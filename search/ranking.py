@@ -224,12 +224,12 @@ def ranking_table(
     return "\n".join(text)
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """JSON-able copy: NaN/inf become None (strict JSON has no NaN), tuples become lists."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     return value
@@ -237,7 +237,7 @@ def _plain(value: Any) -> Any:
 
 def summary_json(s: HeadSummary) -> dict[str, Any]:
     """One head as plain data (the head spec as its dict, so it round-trips)."""
-    return _plain(
+    return plain_json(
         {
             "rank": s.rank,
             "score": s.score,
@@ -264,7 +264,7 @@ def ranking_json(
     baseline: HeadSummary | None = None,
 ) -> dict[str, Any]:
     """The ranking as plain JSON-able data (``json.dumps(..., allow_nan=False)`` works)."""
-    return _plain(
+    return plain_json(
         {
             "objectives": [metric_name(o) for o in objectives],
             "rule": RANK_RULE,
