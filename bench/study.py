@@ -36,6 +36,16 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
+from study_analysis import (  # bench/ is on the path: this file runs as a script
+    JOINT_METRICS,
+    STATUSES,
+    above_floor,
+    collapse_table,
+    fidelity,
+    paired_gains,
+    pixel_reference,
+    simulate_stop,
+)
 
 from search.plot import plot_search
 from search.ranking import HeadSummary, correlations, plain_json, rank, summarize
@@ -49,7 +59,7 @@ from training.probes import knn_accuracy, linear_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = Path(__file__).with_name("study.yaml")
-SCALES = ("cpu", "gpu", "tiny")
+SCALES = ("cpu", "proxy", "gpu", "tiny")
 PROBES = ("knn_cls", "knn_patch", "linear")
 DISCREPANCIES = ("d_kl", "d_cka", "d_loss", "h_target")
 NAMES = {
@@ -95,6 +105,7 @@ def study_specs(plan: dict[str, Any]) -> dict[str, SearchSpec]:
         "seed": plan.get("seed", 0),
         "budget": {**plan["budget"], "seeds": plan["seeds"]},
         "trial_overrides": plan.get("trial_overrides", {}),
+        "recipe": plan.get("recipe", "proxy"),
     }
     name = f"study-{plan['scale']}"
     independent = {
@@ -136,16 +147,16 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def completed_runs(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every completed run of the independent study (baseline first), as plain dicts."""
-    keys = ("label", "seed", "final", "init", "curve", "wall_time_s", "epochs_done")
+def completed_runs(study: optuna.Study, strategy: str = "independent") -> list[dict[str, Any]]:
+    """Every completed run of one strategy as plain dicts (independent: baseline first; joint:
+    one per head and seed, the heads of one seed sharing their run's probes)."""
+    keys = ("label", "seed", "final", "init", "curve", "collapse", "wall_time_s", "epochs_done")
+    baseline = study.user_attrs.get("baseline", []) if strategy == "independent" else []
     runs = [
-        {k: attrs.get(k) for k in keys}
-        for attrs in study.user_attrs.get("baseline", [])
-        if attrs.get("status") == "completed"
+        {k: attrs.get(k) for k in keys} for attrs in baseline if attrs.get("status") == "completed"
     ]
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.user_attrs.get("strategy") == "independent":
+        if trial.user_attrs.get("strategy") == strategy:
             runs.append({k: trial.user_attrs.get(k) for k in keys})
     return runs
 
@@ -364,6 +375,43 @@ def _epochs(curve: dict[str, dict[int, float]]) -> list[int]:
     return sorted({epochs[round(i * step)] for i in range(CURVE_COLUMNS)})
 
 
+def _counts(row: dict[str, Any], collapsed_only: bool = False) -> str:
+    """``ok 3/3`` or ``uniform 2/3, ok 1/3``: seeds per final collapse status."""
+    skip = ("ok", "unknown") if collapsed_only else ()
+    items = [(s, c) for s, c in row["counts"].items() if c and s not in skip]
+    return ", ".join(f"{s} {c}/{row['n']}" for s, c in items)
+
+
+def _collapse_cell(row: dict[str, Any] | None) -> str:
+    """The main table's collapse column: collapsed runs in bold, so they cannot be missed."""
+    if not row or not row["n"]:
+        return "–"
+    return f"**COLLAPSED: {_counts(row)}**" if row["collapsed"] else _counts(row)
+
+
+def _gain(cell: dict[str, Any]) -> str:
+    """``+0.009 ± 0.020 [-0.041, +0.059] n=3``: a paired gain with its 95% t-interval."""
+    if not _finite(cell["mean"]):
+        return "–"
+    lo, hi = cell["ci"]
+    interval = f" [{lo:+.3f}, {hi:+.3f}]" if _finite(lo) else ""
+    return f"{pm((cell['mean'], cell['sd']), signed=True)}{interval} n={cell['n']}"
+
+
+def _rho(stat: Stat) -> str:
+    mean, sd = stat
+    if not _finite(mean):
+        return "n/a"
+    return f"{mean:+.2f} ± {sd:.2f}" if _finite(sd) else f"{mean:+.2f}"
+
+
+def _pct(stat: Stat) -> str:
+    mean, sd = stat
+    if not _finite(mean):
+        return "n/a"
+    return f"{100 * mean:.0f} ± {100 * sd:.0f}%" if _finite(sd) else f"{100 * mean:.0f}%"
+
+
 def summary_sentences(r: dict[str, Any]) -> list[str]:
     """'What the data say': every statement computed from the results, none written in."""
     rows, floor, pixels = r["rows"], r["floor"], r["raw_pixels"]
@@ -383,22 +431,7 @@ def summary_sentences(r: dict[str, Any]) -> list[str]:
             f"The no-head baseline ends at k-NN [CLS] {pm(b)}, {where} the random-init floor "
             f"{pm(f)} (raw pixels: {pm(pixels['knn_cls'])})."
         )
-    above = [row for row in heads if row["knn_cls"][0] > f[0]] if _finite(f[0]) else []
-    if heads and _finite(f[0]):
-        out.append(f"{len(above)} of {len(heads)} heads end above the floor on k-NN [CLS].")
-    for metric in ("knn_cls", "linear"):
-        gains = [(row["label"], *row[f"gain_{metric}"]) for row in heads]
-        gains = [g for g, row in zip(gains, heads, strict=True) if row[f"gain_{metric}_n"] >= 2]
-        gains = [(label, m, sd) for label, m, sd in gains if _finite(m) and _finite(sd)]
-        if not gains:
-            continue
-        better = [label for label, m, sd in gains if m > 0 and m > sd]
-        worse = [label for label, m, sd in gains if m < 0 and -m > sd]
-        said = f"{', '.join(better)} beat" if better else "no head beats"
-        tail = f"; {', '.join(worse)} are below it by more than 1 sd" if worse else ""
-        out.append(
-            f"On {NAMES[metric]}, paired by seed, {said} the baseline by more than 1 sd{tail}."
-        )
+    out += collapse_sentences(r) + floor_sentences(r) + gain_sentences(r)
     scored = [row for row in heads if _finite(row["knn_cls"][0])]
     if scored:
         best = max(scored, key=lambda row: row["knn_cls"][0])
@@ -462,7 +495,302 @@ def summary_sentences(r: dict[str, Any]) -> list[str]:
             f"The baseline's mean k-NN [CLS] peaks at epoch {peak} ({curve[peak]:.3f}) and is "
             f"{trend} at the last epoch ({prev:.3f} → {last:.3f})."
         )
+    return out + fidelity_sentences(r) + stop_sentences(r)
+
+
+def _names(labels: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``; ``none`` for no labels."""
+    if len(labels) < 2:
+        return labels[0] if labels else "none"
+    return f"{', '.join(labels[:-1])} and {labels[-1]}"
+
+
+def collapse_sentences(r: dict[str, Any]) -> list[str]:
+    """Which runs end with a collapsed target, and how much the baseline's target carries."""
+    rows = [row for row in r["collapse"] if row["n"]]
+    if not rows:
+        return []
+    known = sum(row["n"] - row["counts"]["unknown"] for row in rows)
+    total = sum(row["n"] for row in rows)
+    bad = [
+        f"{row['label']} ({_counts(row, collapsed_only=True)})" for row in rows if row["collapsed"]
+    ]
+    if not known:
+        return [f"No run recorded a collapse status ({total} runs)."]
+    said = (
+        f"Runs whose target ends collapsed: {', '.join(bad)}"
+        if bad
+        else "No run ends with a collapsed target"
+    )
+    out = [f"{said} (status recorded for {known} of {total} runs)."]
+    base = rows[0] if rows[0]["label"] == "baseline" else None
+    if base and _finite(base["target_information"][0]) and _finite(base["target_entropy"][0]):
+        out.append(
+            f"The baseline's final target carries {pm(base['target_information'])} nats of "
+            f"image information, at entropy {pm(base['target_entropy'])} of ln K "
+            f"{base['ln_k']:.3f}."
+        )
     return out
+
+
+def floor_sentences(r: dict[str, Any]) -> list[str]:
+    """The floor rule per probe: which runs gained over their own initialisation."""
+    parts = []
+    for probe in ("knn_cls", "linear"):
+        verdicts = {label: cells[probe]["learned"] for label, cells in r["above_floor"].items()}
+        judged = {label: v for label, v in verdicts.items() if v is not None}
+        if judged:
+            learned = [label for label, v in judged.items() if v]
+            count = f"{len(learned)} of {len(judged)}"
+            parts.append(
+                f"on {NAMES[probe]} {count} (baseline and heads) learned: {_names(learned)}"
+            )
+    if not parts:
+        return []
+    rule = "final − init > 0 on every seed and the mean above 2 sd"
+    return [f"By the floor rule ({rule}): {'; '.join(parts)}."]
+
+
+def gain_sentences(r: dict[str, Any]) -> list[str]:
+    """Per probe: the heads whose paired 95% t-interval over the baseline excludes 0."""
+    out, silent = [], []
+    for probe in PROBES:
+        cells = {label: g[probe] for label, g in r["gains"].items() if g[probe]["n"] >= 2}
+        if not cells:
+            continue
+        up = [f"{k} ({_gain(c)})" for k, c in cells.items() if c["excludes_zero"] and c["mean"] > 0]
+        down = [
+            f"{k} ({_gain(c)})" for k, c in cells.items() if c["excludes_zero"] and c["mean"] < 0
+        ]
+        if not up and not down:
+            silent.append(NAMES[probe])
+            continue
+        parts = [f"is above 0 for {', '.join(up)}"] if up else []
+        parts += [f"is below 0 for {', '.join(down)}"] if down else []
+        rest = len(cells) - len(up) - len(down)
+        heads = "head" if rest == 1 else "heads"
+        tail = f"; it spans 0 for the other {rest} {heads} (no signal)" if rest else ""
+        out.append(
+            f"On {NAMES[probe]}, the 95% t-interval of head − baseline paired by seed "
+            + "; ".join(parts)
+            + tail
+            + "."
+        )
+    if silent:
+        out.append(
+            f"On {_names(silent)}, the 95% t-interval of head − baseline paired by seed "
+            "spans 0 for every head: no signal either way."
+        )
+    return out
+
+
+def fidelity_sentences(r: dict[str, Any]) -> list[str]:
+    """How well the first evaluated epoch's order of the heads matches the final one."""
+    out = []
+    for kind, metrics in (("independent", ("d_kl", "d_cka", "knn_cls")), ("joint", JOINT_METRICS)):
+        fid = r["fidelity"][kind]
+        row = next((row for row in fid["rows"] if row["epoch"] >= 1), None)
+        if row is None or row["epoch"] == fid["final_epoch"]:
+            continue
+        said = [
+            f"{NAMES[m]} {_rho(row[m])} ({row[f'{m}_n']} seeds)" for m in metrics if row[f"{m}_n"]
+        ]
+        if said:
+            out.append(
+                f"Spearman ρ between the {kind} runs' order of the heads at epoch {row['epoch']} "
+                f"and their final order (epoch {fid['final_epoch']}): {', '.join(said)}."
+            )
+    return out
+
+
+def stop_sentences(r: dict[str, Any]) -> list[str]:
+    """What stop_when_stable would have saved on the joint runs, and at what fidelity."""
+    parts = []
+    for row in r["stop_when_stable"]["rows"]:
+        if not row["seeds"]:
+            continue
+        rho = f", order at ρ = {_rho(row['rho'])} to the final one" if row["stopped"] else ""
+        parts.append(
+            f"patience {row['patience']} stops {row['stopped']} of {len(row['seeds'])} "
+            f"(epochs {_stops(row)}), saving {_pct(row['saved'])} of the epochs{rho}"
+        )
+    if not parts:
+        return []
+    return [f"Replaying stop_when_stable on the joint runs: {'; '.join(parts)}."]
+
+
+def _stops(row: dict[str, Any]) -> str:
+    """The stop epoch per seed, in seed order (``never``: the rule did not stop that run)."""
+    return ", ".join(
+        "never" if s["stop_epoch"] is None else str(s["stop_epoch"]) for s in row["seeds"]
+    )
+
+
+def main_table_note(r: dict[str, Any]) -> str:
+    """Where the reference rows come from, and what the columns mean."""
+    in_runs = r["raw_pixels"].get("source") == "runs"
+    pixels = (
+        "Raw pixels: measured inside each run at initialisation on its seed's split (k-NN with "
+        "the same k and temperature, linear probe on the flattened normalised pixels), one "
+        "value per seed."
+        if in_runs
+        else "Raw pixels: k-NN (same k and temperature) and linear probe on the flattened "
+        "normalised pixels, computed here per seed (the runs did not measure them)."
+    )
+    bn = (
+        " with BN statistics recalibrated on training images first"
+        if in_runs and r.get("floor_recalibrated_bn")
+        else ""
+    )
+    return (
+        f"{pixels} Floor: the baseline network at initialisation (epoch 0){bn}. collapse: seeds "
+        "per final status of the global target the run learns through (bold: some collapsed). "
+        "Δ: head − baseline on the same seed, mean ± sd over seeds; † its 95% t-interval "
+        "excludes 0. D_kl = D_loss − H(target); D_cka = 1 − linear CKA."
+    )
+
+
+def collapse_section(r: dict[str, Any]) -> list[str]:
+    """Seeds per final collapse status and the final target's information and entropy."""
+    body = [
+        [
+            row["label"],
+            str(row["n"]),
+            *(str(row["counts"].get(s, 0)) for s in (*STATUSES, "unknown")),
+            pm(row["target_information"]),
+            pm(row["target_entropy"]),
+            f"{row['entropy_fraction']:.3f}" if _finite(row["entropy_fraction"]) else "–",
+        ]
+        for row in r["collapse"]
+    ]
+    ln_k = r["collapse"][0]["ln_k"] if r["collapse"] else NAN
+    header = ["run", "n", *STATUSES, "unknown", "target information (nats)", "H(target)"]
+    return [
+        "## Collapse of the learning target (final evaluation)",
+        "",
+        *_table([*header, f"H / ln K (ln K = {ln_k:.3f})"], body),
+        "",
+        "Status of the global target each run learns through at its last evaluation (a head "
+        "run: its head's target; the baseline: its [CLS] target): uniform = it carries almost "
+        "no information about the image, one-hot = every image goes to one prototype. Target "
+        "information = H(mean target) − mean H(target), mean ± sd over seeds.",
+        "",
+    ]
+
+
+def gain_section(r: dict[str, Any]) -> list[str]:
+    """Paired gains over the baseline per head and probe with their 95% t-intervals."""
+    body = []
+    for label, cells in r["gains"].items():
+        body.append([label, *(_bold(_gain(cells[p]), cells[p]["excludes_zero"]) for p in PROBES)])
+    return [
+        "## Gain over the baseline, paired by seed (95% t-interval)",
+        "",
+        *_table(["head", *(f"Δ {NAMES[p]}" for p in PROBES)], body),
+        "",
+        "Head − baseline on the same seed: mean ± sd, [95% t-interval of the mean], n seeds. "
+        "Bold: the interval excludes 0. No interval below 2 seeds.",
+        "",
+    ]
+
+
+def _bold(text: str, flag: bool | None) -> str:
+    return f"**{text}**" if flag else text
+
+
+def floor_section(r: dict[str, Any]) -> list[str]:
+    """Final − init per run label and probe, with the floor rule's verdict."""
+    verdicts = {True: "learned", False: "not learned", None: "n/a"}
+    body = [
+        [
+            "baseline (iBOT, no head)" if label == "baseline" else label,
+            *(
+                f"{pm((c['mean'], c['sd']), signed=True)} n={c['n']}: {verdicts[c['learned']]}"
+                for c in (cells[p] for p in PROBES)
+            ),
+        ]
+        for label, cells in r["above_floor"].items()
+    ]
+    return [
+        "## Above the floor? (final − initialisation, per seed)",
+        "",
+        *_table(["run", *(NAMES[p] for p in PROBES)], body),
+        "",
+        "A run's gain counts as learning only if final − init > 0 on every seed and the mean "
+        "exceeds 2 sd (n/a below 2 seeds).",
+        "",
+    ]
+
+
+def _fidelity_table(fid: dict[str, Any]) -> list[str]:
+    metrics = fid["metrics"]
+    if not fid["rows"]:
+        return ["No completed runs."]
+    body = [
+        [
+            str(row["epoch"]),
+            *(f"{_rho(row[m])} ({row[f'{m}_n']})" if row[f"{m}_n"] else "–" for m in metrics),
+        ]
+        for row in fid["rows"]
+    ]
+    return _table(["epoch", *(NAMES[m] for m in metrics)], body)
+
+
+def fidelity_section(r: dict[str, Any]) -> list[str]:
+    """Spearman ρ between the heads' order at each epoch and their final order."""
+    ind, joint = r["fidelity"]["independent"], r["fidelity"]["joint"]
+    return [
+        "",
+        "## Fidelity: does an epoch's order of the heads match the final order?",
+        "",
+        "Spearman ρ over one seed's heads between a metric at that epoch and at each run's last "
+        "evaluation, mean ± sd over seeds (number of seeds where ρ is defined); epoch 0 = "
+        "initialisation.",
+        "",
+        "Independent runs (one run per head and seed):",
+        "",
+        *_fidelity_table(ind),
+        "",
+        "Joint runs (one run per seed, every head attached):",
+        "",
+        *_fidelity_table(joint),
+    ]
+
+
+def stop_section(r: dict[str, Any]) -> list[str]:
+    """The stop_when_stable replay on the joint runs."""
+    stop = r["stop_when_stable"]
+    body = [
+        [
+            str(row["patience"]),
+            f"{row['stopped']} of {len(row['seeds'])}",
+            _stops(row) or "–",
+            _pct(row["saved"]),
+            _rho(row["rho"]),
+        ]
+        for row in stop["rows"]
+    ]
+    objectives = " and ".join(NAMES[m] for m in stop["objectives"])
+    return [
+        "",
+        "## stop_when_stable replayed on the joint runs",
+        "",
+        *_table(
+            [
+                "patience",
+                "seeds stopped",
+                "stop epoch per seed",
+                "epochs saved",
+                "ρ(order at stop, final order), stopped seeds",
+            ],
+            body,
+        ),
+        "",
+        f"The order is the heads' mean rank over {objectives} (ties by label); the rule stops "
+        "once that order has not changed for `patience` evaluations after epoch 1. Stop epochs in "
+        "seed order; epochs saved: mean ± sd over seeds (a run never stopped saves nothing); ρ: "
+        "mean ± sd over the seeds it stopped.",
+    ]
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -486,6 +814,7 @@ def markdown(r: dict[str, Any]) -> str:
     header = [
         "run",
         "n",
+        "collapse",
         *(NAMES[m] for m in PROBES),
         *(NAMES[m] for m in DISCREPANCIES),
         "Δ k-NN vs baseline",
@@ -498,6 +827,7 @@ def markdown(r: dict[str, Any]) -> str:
         [
             "raw pixels (reference)",
             str(pixels["n"]),
+            "–",
             pm(pixels["knn_cls"]),
             "–",
             pm(pixels["linear"]),
@@ -509,6 +839,7 @@ def markdown(r: dict[str, Any]) -> str:
         [
             "random-init network (floor)",
             str(r["rows"][0]["n"]),
+            "–",
             *(pm(floor[m]) for m in PROBES),
             *blank,
             "–",
@@ -516,28 +847,30 @@ def markdown(r: dict[str, Any]) -> str:
             "–",
         ],
     ]
+    collapse = {row["label"]: row for row in r["collapse"]}
+    gains = r["gains"]
+
+    def delta(label: str, metric: str, stat: Stat) -> str:
+        cell = gains.get(label, {}).get(metric, {})
+        return pm(stat, signed=True) + (" †" if cell.get("excludes_zero") else "")
+
     for row in r["rows"]:
         body.append(
             [
                 "baseline (iBOT, no head)" if row["label"] == "baseline" else row["label"],
                 str(row["n"]),
+                _collapse_cell(collapse.get(row["label"])),
                 *(pm(row[m]) for m in PROBES),
                 *(pm(row[m]) for m in DISCREPANCIES),
-                pm(row["gain_knn_cls"], signed=True),
-                pm(row["gain_linear"], signed=True),
+                delta(row["label"], "knn_cls", row["gain_knn_cls"]),
+                delta(row["label"], "linear", row["gain_linear"]),
                 f"{row['wall_time_s'][0]:.0f}" if _finite(row["wall_time_s"][0]) else "–",
             ]
         )
     lines += _table(header, body)
-    lines += [
-        "",
-        "Raw pixels: k-NN (same k and temperature) and linear probe on the flattened normalised "
-        "pixels. Floor: the baseline network at initialisation. Δ: head − baseline on the same "
-        "seed, mean ± sd over seeds. D_kl = D_loss − H(target); D_cka = 1 − linear CKA.",
-        "",
-        "## Does discrepancy track accuracy? (Spearman ρ, 95% bootstrap interval)",
-        "",
-    ]
+    lines += ["", main_table_note(r), ""]
+    lines += collapse_section(r) + gain_section(r) + floor_section(r)
+    lines += ["## Does discrepancy track accuracy? (Spearman ρ, 95% bootstrap interval)", ""]
     corr = r["correlations"]
     body = [
         [
@@ -586,6 +919,7 @@ def markdown(r: dict[str, Any]) -> str:
             for label, points in curve.items()
         ]
         lines += _table(["run", *(f"ep {e}" for e in epochs)], body)
+    lines += fidelity_section(r) + stop_section(r)
     lines += ["", "## What the data say", "", " ".join(summary_sentences(r)) or "No data yet."]
     lines += [
         "",
@@ -676,6 +1010,9 @@ def run_study(
         recs = [rec for rec in records(study) if rec.strategy == "independent"]
         summaries = summarize(recs)
         report = report_of(study, spec)
+        joint_runs = completed_runs(joint_study, "joint")
+        probe_config = spec.trial_config((), spec.seeds()[0])
+        ln_k = math.log(probe_config.out_dim)
         results: dict[str, Any] = {
             "scale": scale,
             "device": device,
@@ -684,7 +1021,16 @@ def run_study(
             "specs": {k: s.model_dump(mode="json") for k, s in specs.items()},
             "rows": rows,
             "floor": floor_row(runs),
-            "raw_pixels": raw_pixel_row(spec),
+            "floor_recalibrated_bn": probe_config.recalibrate_bn,
+            "raw_pixels": pixel_reference(runs) or {**raw_pixel_row(spec), "source": "computed"},
+            "collapse": collapse_table(runs, labels, ln_k),
+            "gains": paired_gains(runs, labels),
+            "above_floor": above_floor(runs, labels),
+            "fidelity": {
+                "independent": fidelity(runs),
+                "joint": fidelity(joint_runs, JOINT_METRICS),
+            },
+            "stop_when_stable": simulate_stop(joint_runs),
             "correlations": {
                 "per_run": correlations(recs, ("d_kl", "d_cka", "d_loss"), PROBES),
                 "per_head": head_mean_correlations(rows),
@@ -692,6 +1038,7 @@ def run_study(
             "joint": joint_vs_truth(outcomes["joint"], summaries),
             "curves": {m: curves(runs, labels, m) for m in PROBES[:2]},
             "runs": runs,
+            "joint_runs": joint_runs,
             "timing": {
                 "invocation_s": time.perf_counter() - started,
                 "trained_now": trained["n"],

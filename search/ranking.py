@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from search.records import METRICS, TrialRecord
+from search.records import METRICS, PIXELS, TrialRecord
 from search.stats import average_ranks, bootstrap_ci, mean_sd, spearman
 from search.storage import INTERRUPTED
 from training.config import HeadSpec
@@ -50,6 +50,9 @@ class HeadSummary:
     rank: int = 0
     score: float = float("nan")
     failure_reasons: tuple[str, ...] = ()
+    collapsed: int = 0  # completed runs whose global target collapsed: not in the statistics
+    collapse_kinds: tuple[str, ...] = ()
+    pixels: dict[str, float] = field(default_factory=dict)  # raw-pixel k-NN / linear reference
 
 
 def metric_name(objective: str) -> str:
@@ -66,8 +69,10 @@ def _finite(value: Any) -> bool:
 
 
 def _summary(label: str, runs: list[TrialRecord]) -> HeadSummary:
-    done = [r for r in runs if r.ok]
+    done = [r for r in runs if r.ok and not r.collapsed]
+    collapsed = [r for r in runs if r.ok and r.collapsed]
     failed = [r for r in runs if r.state in FAILED_STATES]
+    measured = [r for r in runs if r.ok]
     stats = {m: mean_sd([r.final[m] for r in done if m in r.final]) for m in METRICS}
     init = {m: mean_sd([r.init[m] for r in done if m in r.init])[0] for m in METRICS}
     return HeadSummary(
@@ -85,11 +90,17 @@ def _summary(label: str, runs: list[TrialRecord]) -> HeadSummary:
         init={m: init[m] for m in INIT_DISCREPANCIES},
         trials=tuple(sorted(r.number for r in runs)),
         failure_reasons=tuple(dict.fromkeys(r.failure_reason or r.state.lower() for r in failed)),
+        collapsed=len(collapsed),
+        collapse_kinds=tuple(dict.fromkeys(str(r.collapse) for r in collapsed)),
+        pixels={m: mean_sd([r.init[m] for r in measured if m in r.init])[0] for m in PIXELS},
     )
 
 
 def summarize(records: Sequence[TrialRecord]) -> list[HeadSummary]:
-    """One summary per label, in order of first appearance; statistics over COMPLETE runs only.
+    """One summary per label, in order of first appearance; statistics over COMPLETE runs only,
+    and of those only runs whose global target did not collapse (a collapsed run is counted
+    in ``collapsed`` and shown, never ranked: its discrepancy and probes describe a degenerate
+    model).
 
     A candidate whose runs all failed stays in the list with ``n=0`` (NaN means), so a table
     can show it as failed instead of silently dropping it. Running/waiting trials count in
@@ -204,24 +215,51 @@ def ranking_table(
     rows = [*ranked, *([baseline] if baseline else [])]
     probes = ["knn_cls"] + [m for m in ("linear",) if any(_finite(s.mean[m]) for s in rows)]
     header = ["rank", "head", *columns, "score", *(f"{m} (floor, gain)" for m in probes)]
-    lines = [[*header, "n ok/failed"]]
+    lines = [[*header, "n ok/collapsed/failed"]]
     for s in rows:
         place = "base" if s is baseline else (str(s.rank) if s.rank else "–")
         score = f"{s.score:.2f}" if _finite(s.score) else "–"
         cells = [_pm(s.mean[m], s.sd[m]) for m in columns]
         probe_cells = [_accuracy(s, m) for m in probes]
-        lines.append([place, s.label, *cells, score, *probe_cells, f"{s.n}/{s.failed}"])
+        counts = f"{s.n}/{s.collapsed}/{s.failed}"
+        lines.append([place, s.label, *cells, score, *probe_cells, counts])
     widths = [max(len(row[i]) for row in lines) for i in range(len(header) + 1)]
     text = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
     ]
     text.insert(1, "  ".join("-" * w for w in widths))
     text.append(f"objectives: {', '.join(names)} (maximised); mean±sd over completed seeds")
-    text.append("probe: floor = random-init accuracy, gain = mean(final - init) over seeds")
+    text.append(
+        "probe: floor = random-init accuracy (BN statistics recalibrated), "
+        "gain = mean(final - init) over seeds"
+    )
+    pixels = _pixel_line(rows)
+    if pixels:
+        text.append(pixels)
+    for s in (s for s in rows if s.collapsed):
+        kinds = ", ".join(s.collapse_kinds)
+        text.append(
+            f"collapsed: {s.label}: {s.collapsed} run(s) with {kinds} targets, left out of the "
+            "statistics (use the proxy recipe or `hssl search calibrate`)"
+        )
     for s in (s for s in rows if s.failed):
         reasons = "; ".join(s.failure_reasons) or "no reason"
         text.append(f"failed: {s.label}: {s.failed} run(s) ({reasons})")
     return "\n".join(text)
+
+
+def _pixel_line(rows: Sequence[HeadSummary]) -> str:
+    """The raw-pixel reference: a probe gain means learning only above the floor, and a
+    representation worth having should also beat the pixels themselves."""
+    values = {
+        m: float(np.mean(v))
+        for m in PIXELS
+        if (v := [s.pixels[m] for s in rows if _finite(s.pixels.get(m))])
+    }
+    if not values:
+        return ""
+    parts = [f"{m.removeprefix('pixels_')} {v:.3f}" for m, v in values.items()]
+    return "raw pixels (reference): " + ", ".join(parts)
 
 
 def plain_json(value: Any) -> Any:
@@ -252,6 +290,9 @@ def summary_json(s: HeadSummary) -> dict[str, Any]:
             "gain": s.gain,
             "init": s.init,
             "trials": s.trials,
+            "collapsed": s.collapsed,
+            "collapse_kinds": s.collapse_kinds,
+            "pixels": s.pixels,
         }
     )
 

@@ -30,7 +30,9 @@ def build_recommendation(
     """``ranking`` is ``search.ranking.ranking_json``'s output; its first head is the pick."""
     heads = [row for row in ranking["heads"] if row.get("head") and row.get("n", 0) > 0]
     if not heads:
-        raise HSSLError("no candidate completed a run: nothing to recommend")
+        collapsed = sum(row.get("collapsed", 0) for row in ranking["heads"])
+        why = f" ({collapsed} run(s) collapsed)" if collapsed else ""
+        raise HSSLError(f"no candidate completed a run that learned{why}: nothing to recommend")
     best = heads[0]
     full = TrialConfig.paper(spec.base.full(), (_head_spec(best),), data=spec.data)
     proxy = spec.trial_config((_head_spec(best),), spec.seed)

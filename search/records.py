@@ -11,16 +11,51 @@ import optuna
 from training.config import HeadSpec
 from training.recipe import TrialResult
 
-METRICS = ("knn_cls", "knn_patch", "linear", "d_loss", "h_target", "d_kl", "d_cka")
+METRICS = (
+    "knn_cls",
+    "knn_patch",
+    "linear",
+    "d_loss",
+    "h_target",
+    "d_kl",
+    "d_cka",
+    "target_entropy",
+    "target_spread",
+    "target_information",
+)
+PIXELS = ("pixels_knn", "pixels_linear")  # raw-pixel reference, measured at initialisation
+RUN_KEYS = ("knn_cls", "knn_patch", "linear", *PIXELS)
+HEAD_KEYS = (
+    "d_loss",
+    "h_target",
+    "d_kl",
+    "d_cka",
+    "target_entropy",
+    "target_spread",
+    "target_information",
+)
+
+
+def _row(metrics: dict[str, Any], label: str) -> dict[str, Any]:
+    """The part of a run's metrics that describes ``label``: its row in ``heads``, or the
+    run's own global target for the baseline."""
+    rows = [row for row in metrics.get("heads", []) if row["head"] == label]
+    return rows[0] if rows else metrics
 
 
 def head_metrics(metrics: dict[str, Any], label: str) -> dict[str, float]:
-    """The probe metrics of a run plus the discrepancies of one of its heads."""
-    out = {k: float(metrics[k]) for k in ("knn_cls", "knn_patch", "linear") if k in metrics}
-    for row in metrics.get("heads", []):
-        if row["head"] == label:
-            out.update({k: float(row[k]) for k in ("d_loss", "h_target", "d_kl", "d_cka")})
+    """The probe metrics of a run plus the discrepancies and target diagnostics of one of its
+    heads (the baseline: of its [CLS] target)."""
+    out = {k: float(metrics[k]) for k in RUN_KEYS if k in metrics}
+    row = _row(metrics, label)
+    out.update({k: float(row[k]) for k in HEAD_KEYS if k in row})
     return out
+
+
+def head_collapse(metrics: dict[str, Any], label: str) -> str | None:
+    """``ok``, ``uniform`` or ``one-hot`` for the global target ``label`` learns through."""
+    value = _row(metrics, label).get("collapse")
+    return str(value) if value is not None else None
 
 
 def result_attrs(result: TrialResult, head: HeadSpec | None, seed: int, strategy: str) -> dict:
@@ -35,11 +70,16 @@ def result_attrs(result: TrialResult, head: HeadSpec | None, seed: int, strategy
         "failure_reason": result.reason,
         "init": head_metrics(result.init_metrics, label),
         "final": head_metrics(result.metrics, label),
+        "collapse": head_collapse(result.metrics, label),
         "losses": [round(float(h.get("loss", float("nan"))), 6) for h in result.history],
         "knn_curve": [float(h["knn_cls"]) for h in result.history if "knn_cls" in h],
         # every evaluated epoch: both k-NN probes and this head's discrepancies
         "curve": [
-            {"epoch": int(h.get("epoch", 0)), **head_metrics(h, label)}
+            {
+                "epoch": int(h.get("epoch", 0)),
+                **head_metrics(h, label),
+                "collapse": head_collapse(h, label),
+            }
             for h in result.history
             if "knn_cls" in h
         ],
@@ -67,10 +107,15 @@ class TrialRecord:
     images_per_s: float = 0.0
     peak_memory_mb: float = 0.0
     failure_reason: str | None = None
+    collapse: str | None = None  # final global target: ok, uniform, one-hot (None: not measured)
 
     @property
     def ok(self) -> bool:
         return self.state == "COMPLETE"
+
+    @property
+    def collapsed(self) -> bool:
+        return self.collapse not in (None, "ok")
 
     @classmethod
     def from_trial(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord:
@@ -90,6 +135,7 @@ class TrialRecord:
             images_per_s=attrs.get("images_per_s", 0.0),
             peak_memory_mb=attrs.get("peak_memory_mb", 0.0),
             failure_reason=attrs.get("failure_reason"),
+            collapse=attrs.get("collapse"),
         )
 
 

@@ -14,6 +14,7 @@ import optuna
 from tqdm import tqdm
 
 from search import strategies
+from search.calibrate_report import calibration_report, write_calibration
 from search.context import SearchContext
 from search.plot import plot_search
 from search.provenance import data_fingerprint, versions
@@ -130,14 +131,16 @@ def run_search(
             ctx.finished(trial)
     study.set_user_attr("status", "running")
     candidates = spec.space.candidates()
-    if spec.budget.prescreen_keep and spec.strategy != "optuna":
+    if spec.budget.prescreen_keep and spec.strategy in ("joint", "independent"):
         candidates = strategies.prescreen(ctx, candidates, spec.budget.prescreen_keep)
-    if spec.include_baseline:
+    if spec.include_baseline and spec.strategy != "calibrate":  # calibrate runs only baselines
         strategies.run_baseline(ctx)
     if spec.strategy == "joint":
         strategies.run_joint(ctx, candidates)
     elif spec.strategy == "independent":
         strategies.run_independent(ctx, candidates)
+    elif spec.strategy == "calibrate":
+        strategies.run_calibrate(ctx)
     else:
         strategies.run_optuna(ctx)
     bar.close()
@@ -152,7 +155,7 @@ def run_search(
 
 
 def planned_runs(spec: SearchSpec) -> int:
-    if spec.strategy == "optuna":
+    if spec.strategy in ("optuna", "calibrate"):
         return spec.budget.trials
     heads = spec.budget.prescreen_keep or len(spec.space.candidates())
     return heads * len(spec.seeds())
@@ -160,6 +163,8 @@ def planned_runs(spec: SearchSpec) -> int:
 
 def report_of(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
     """Ranking (table + JSON), Pareto front and correlations from the study's trials."""
+    if spec.strategy == "calibrate":
+        return calibration_report(study, spec)
     recs = records(study)
     baseline_runs = [_baseline_record(r) for r in study.user_attrs.get("baseline", [])]
     baseline = summarize(baseline_runs)[0] if baseline_runs else None
@@ -181,6 +186,14 @@ def write_outputs(
     url: str,
     out_dir: Path,
 ) -> dict[str, Path]:
+    if spec.strategy == "calibrate":
+        return write_calibration(
+            spec,
+            report["ranking"],
+            out_dir,
+            study.study_name,
+            study.user_attrs.get("versions", versions()),
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"ranking": out_dir / "ranking.json"}
     files["ranking"].write_text(json.dumps(report["ranking"], indent=2) + "\n")
@@ -219,4 +232,5 @@ def _baseline_record(attrs: dict[str, Any]) -> TrialRecord:
         final=attrs.get("final", {}),
         init=attrs.get("init", {}),
         failure_reason=attrs.get("failure_reason"),
+        collapse=attrs.get("collapse"),
     )

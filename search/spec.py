@@ -16,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from training.config import HEAD_FAMILIES, POOLINGS, BaseSpec, HeadSpec
 from training.errors import SpecError
 from training.heads import applies
-from training.recipe import TrialConfig
+from training.recipe import PROXY_RECIPE, TrialConfig
 from training.timm_build import check_name
 
 Family = Literal["convnext", "resnet", "transformer", "mlp", "pool"]
 Objective = Literal["d_kl", "d_cka", "d_loss", "knn", "linear"]
-STRATEGIES = ("joint", "independent", "optuna")
+STRATEGIES = ("joint", "independent", "optuna", "calibrate")
+PROBE_OBJECTIVES = ("knn", "linear")  # what the calibrate strategy can maximise the gain of
 LABEL_FREE = ("d_kl", "d_cka", "d_loss")
 
 
@@ -110,7 +111,9 @@ def _collapse(spec: HeadSpec) -> HeadSpec:
 
 class Budget(Strict):
     epochs: int = Field(1, ge=1, le=1000, description="training epochs per proxy run")
-    trials: int = Field(8, ge=1, le=10_000, description="trials of the optuna strategy")
+    trials: int = Field(
+        8, ge=1, le=10_000, description="trials of the optuna and calibrate strategies"
+    )
     seeds: int = Field(1, ge=1, le=20, description="paired seeds per candidate")
     batch_size: int = Field(64, ge=2, le=4096)
     data_limit: int | None = Field(None, ge=20, description="use at most this many images")
@@ -119,6 +122,12 @@ class Budget(Strict):
         None, ge=1, description="zero-cost pre-screen: train only the top N by initial D"
     )
     prescreen_images: int = Field(512, ge=20, le=100_000)
+    stop_when_stable: int | None = Field(
+        None,
+        ge=1,
+        description="joint search: stop a run once its discrepancy ranking has not changed "
+        "for this many evaluations (epochs with eval_every=1)",
+    )
     trial_memory_mb: int | None = Field(
         None,
         ge=64,
@@ -136,7 +145,9 @@ class SearchSpec(Strict):
     base: BaseModelSpec = Field(default_factory=BaseModelSpec)
     data: str = Field("animal-mnist", min_length=1, max_length=4096)
     space: CandidateSpace = Field(default_factory=CandidateSpace)
-    strategy: Literal["joint", "independent", "optuna"] = "joint"
+    strategy: Literal["joint", "independent", "optuna", "calibrate"] = Field(
+        "joint", description="calibrate: tune the proxy recipe on the baseline (search.calibrate)"
+    )
     optuna_mode: Literal["pareto", "pruned"] = Field(
         "pareto", description="pareto: multi-objective; pruned: first objective, k-NN pruning"
     )
@@ -144,8 +155,15 @@ class SearchSpec(Strict):
     budget: Budget = Field(default_factory=Budget)
     include_baseline: bool = Field(False, description="also run plain iBOT (no head)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    recipe: Literal["proxy", "faithful"] = Field(
+        "proxy",
+        description="proxy: the short-run recipe that keeps the global objective from "
+        "collapsing (PROXY_RECIPE: projector BN, K 256, lr 5e-3, teacher momentum 0.99; "
+        "docs/study/recipes); faithful: the authors' objective as in full pre-training",
+    )
     trial_overrides: dict[str, Any] = Field(
-        default_factory=dict, description="other TrialConfig fields for the proxy runs"
+        default_factory=dict,
+        description="other TrialConfig fields for the proxy runs (over the recipe's)",
     )
 
     @field_validator("name")
@@ -155,8 +173,23 @@ class SearchSpec(Strict):
             raise ValueError("name may hold letters, digits, '.', '_' and '-' only")
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _calibrate_probe(cls, data: Any) -> Any:
+        """A calibration maximises a probe's gain: its objectives default to ``["knn"]``."""
+        if isinstance(data, dict) and data.get("strategy") == "calibrate":
+            data = {"objectives": ["knn"], **data}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> SearchSpec:
+        if self.strategy == "calibrate" and (
+            len(self.objectives) != 1 or self.objectives[0] not in PROBE_OBJECTIVES
+        ):
+            raise ValueError(
+                "the calibrate strategy maximises one probe's gain over its floor per minute: "
+                f"objectives must be one of {[[o] for o in PROBE_OBJECTIVES]}"
+            )
         if self.strategy == "joint" and set(self.objectives) - set(LABEL_FREE):
             raise ValueError(
                 "the joint strategy ranks by discrepancy: objectives must be "
@@ -174,6 +207,7 @@ class SearchSpec(Strict):
     def trial_config(self, heads: tuple[HeadSpec, ...], seed: int, **changes: Any) -> TrialConfig:
         """The proxy run of ``heads`` (``()`` = the baseline) with one of the paired seeds."""
         values = {
+            **(PROXY_RECIPE if self.recipe == "proxy" else {}),
             **self.trial_overrides,
             "base": self.base.proxy(),
             "heads": heads,
@@ -190,4 +224,12 @@ class SearchSpec(Strict):
         return [self.seed + i for i in range(self.budget.seeds)]
 
 
-__all__ = ["POOLINGS", "STRATEGIES", "BaseModelSpec", "Budget", "CandidateSpace", "SearchSpec"]
+__all__ = [
+    "POOLINGS",
+    "PROBE_OBJECTIVES",
+    "STRATEGIES",
+    "BaseModelSpec",
+    "Budget",
+    "CandidateSpace",
+    "SearchSpec",
+]

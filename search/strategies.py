@@ -7,19 +7,23 @@
 - ``optuna``: the sampler proposes head specs; Pareto front of the objectives, or one scalar
   with k-NN pruning.
 - ``prescreen``: zero-cost scoring of every candidate at initialisation on a few images.
+- ``calibrate``: no heads — TPE over the proxy recipe on the baseline (``search.calibrate``).
 Runs that are already in the study are skipped, so every strategy resumes where it stopped.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from search import calibrate
 from search.context import SearchContext
 from search.records import head_metrics
 from search.sampling import make_pruner, make_sampler, suggest_head
+from search.stability import StableRanking
 from search.storage import INTERRUPTED
 from training.config import HeadSpec
 
@@ -65,7 +69,13 @@ def run_joint(ctx: SearchContext, candidates: list[HeadSpec]) -> None:
             continue
         if ctx.out_of_time() or ctx.cancelled():
             return
-        result = ctx.run(ctx.spec.trial_config(tuple(candidates), seed), f"joint-s{seed}")
+        patience = ctx.spec.budget.stop_when_stable
+        stable = StableRanking(ctx.spec.objectives, patience) if patience else None
+        config = ctx.spec.trial_config(tuple(candidates), seed)
+        result = ctx.run(config, f"joint-s{seed}", report=stable.update if stable else None)
+        if stable and stable.stopped_at is not None and result.status == "stopped":
+            # stopped because the order settled: its last evaluation is its result
+            result = replace(result, status="completed", reason=None)
         for head in candidates:
             if (head.label(), seed) not in done:
                 ctx.add_finished(result, head, seed, "joint", candidates)
@@ -131,6 +141,12 @@ def run_optuna(ctx: SearchContext) -> None:
             report=_knn_reporter(trial, prune=prune),
         )
         ctx.tell(trial, result, head, seed, "optuna")
+
+
+def run_calibrate(ctx: SearchContext) -> None:
+    """Proxy calibration: ``budget.trials`` baseline runs over the recipe space, each valued by
+    its probe gain over the floor per minute (collapsed runs fail); see ``search.calibrate``."""
+    calibrate.calibrate(ctx)
 
 
 def prescreen(ctx: SearchContext, candidates: list[HeadSpec], keep: int) -> list[HeadSpec]:

@@ -1,4 +1,5 @@
-"""``hssl search run``: a whole search on the embedded default (SQLite, child processes)."""
+"""``hssl search run`` and ``hssl search calibrate``: a whole search (or a proxy-recipe
+calibration) on the embedded default (SQLite, child processes)."""
 
 from __future__ import annotations
 
@@ -55,12 +56,12 @@ def run(
     spec_file: Annotated[Path | None, typer.Argument(help="search spec (YAML or JSON)")] = None,
     base: Annotated[str | None, Opt(help="timm model name of the base")] = None,
     data: Annotated[str | None, Opt(help="animal-mnist, digits, synthetic or a folder")] = None,
-    strategy: Annotated[str | None, Opt(help="joint, independent or optuna")] = None,
+    strategy: Annotated[str | None, Opt(help="joint, independent, optuna or calibrate")] = None,
     head: Annotated[list[str] | None, Opt(help="explicit candidate, e.g. convnext:depth=3")] = None,
     family: Annotated[list[str] | None, Opt(help="candidate family (repeat)")] = None,
     epochs: Annotated[int | None, Opt(help="epochs per proxy run")] = None,
     seeds: Annotated[int | None, Opt(help="paired seeds per candidate")] = None,
-    trials: Annotated[int | None, Opt(help="trials of the optuna strategy")] = None,
+    trials: Annotated[int | None, Opt(help="trials of the optuna/calibrate strategy")] = None,
     data_limit: Annotated[int | None, Opt(help="use at most this many images")] = None,
     prescreen: Annotated[int | None, Opt(help="keep the top N by initial discrepancy")] = None,
     baseline: Annotated[
@@ -106,3 +107,61 @@ def run(
     if "json" not in outcome.files:
         typer.echo("error: no candidate completed a run, so there is no recommendation", err=True)
         raise typer.Exit(1)
+
+
+@search_app.command(
+    "calibrate",
+    help="Tune the proxy recipe on the baseline (Optuna over lr, momentum, temperatures, "
+    "projector BN, targets, KoLeo, out_dim) and write the best as trial_overrides.",
+)
+@fail_cleanly
+def calibrate(
+    spec_file: Annotated[Path, typer.Argument(help="search spec (YAML/JSON): base, data, budget")],
+    trials: Annotated[int | None, Opt(help="calibration trials (default: budget.trials)")] = None,
+    probe: Annotated[
+        str | None, Opt(help="knn or linear: whose gain over its floor per minute counts")
+    ] = None,
+    out: Annotated[Path, Opt(help="YAML file for the best recipe")] = Path("recipe.yaml"),
+    data_dir: Annotated[Path, Opt(help="where the SQLite storage and outputs go")] = Path(
+        "hssl-data"
+    ),
+    resume: Annotated[bool, Opt(help="continue an interrupted calibration")] = False,
+    isolate: Annotated[bool, Opt(help="train each trial in a child process")] = True,
+    progress: Annotated[bool, Opt(help="progress bar on stderr")] = True,
+) -> None:
+    import optuna
+
+    from search.calibrate_report import write_recipe
+    from search.run import run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = calibration_spec(spec_file, trials, probe)
+    outcome = run_search(spec, data_dir, resume=resume, progress=progress, isolate=isolate)
+    typer.echo(outcome.table)
+    typer.echo(f"\ncalibration {outcome.study}: {outcome.status}")
+    typer.echo(f"dashboard: optuna-dashboard {outcome.storage}")
+    recipe = outcome.ranking.get("trial_overrides")
+    if recipe is None:
+        typer.echo("error: no trial ran without failing or collapsing (reasons above)", err=True)
+        raise typer.Exit(1)
+    path = write_recipe(recipe, out)
+    typer.echo(f"\nbest recipe, written to {path} (paste under a search spec's top level):")
+    typer.echo(path.read_text().rstrip())
+
+
+def calibration_spec(path: Path, trials: int | None, probe: str | None):
+    """The spec file as a calibration: strategy ``calibrate``, the probe (``--probe``, else
+    the file's own if it is a calibration spec, else k-NN) and its own study name, so the
+    head search of the same file can later run under the file's name."""
+    from search.spec import PROBE_OBJECTIVES
+
+    if probe is not None and probe not in PROBE_OBJECTIVES:
+        raise HSSLError(f"--probe must be one of {list(PROBE_OBJECTIVES)}, got {probe!r}")
+    plain = load_spec(path, {})
+    if probe is None:
+        probe = plain.objectives[0] if plain.strategy == "calibrate" else "knn"
+    overrides = {"strategy": "calibrate", "objectives": [probe], "budget.trials": trials}
+    spec = load_spec(path, overrides)
+    if spec.name and plain.strategy != "calibrate":
+        spec = spec.model_copy(update={"name": f"{spec.name[:70]}-calibrate"})
+    return spec

@@ -64,7 +64,13 @@ def train(
     seed: Annotated[int | None, Opt()] = None,
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:1 ...")] = None,
     precision: Annotated[str | None, Opt(help="auto, fp32 or bf16")] = None,
-    recipe: Annotated[str, Opt(help="proxy (short runs) or paper (full ViT-B recipe)")] = "proxy",
+    recipe: Annotated[
+        str,
+        Opt(
+            help="proxy (short runs that learn: projector BN, K 256, ...), faithful (the "
+            "authors' objective at proxy sizes) or paper (the full ViT-B recipe)"
+        ),
+    ] = "proxy",
     config: Annotated[
         Path | None, Opt(help="YAML/JSON trial config or recommendation file")
     ] = None,
@@ -76,7 +82,7 @@ def train(
 
     cfg = build_config(**options)
     out = out or Path("runs") / _run_name(cfg)
-    result = run_trial(cfg, output_dir=out, progress=progress)
+    result = run_trial(cfg, echo_epoch, output_dir=out, progress=progress)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         raise typer.Exit(1 if result.status == "failed" else 0)
     typer.echo(json.dumps({"config": cfg.to_dict(), **result.to_dict()}, indent=2))
@@ -85,12 +91,29 @@ def train(
         raise typer.Exit(1)
 
 
+def echo_epoch(epoch: int, metrics: dict[str, Any]) -> bool:
+    """One line per evaluated epoch on stderr: probes and the collapse diagnostics."""
+    if "knn_cls" in metrics:
+        parts = [f"epoch {epoch}"]
+        if "loss" in metrics:
+            parts.append(f"loss {metrics['loss']:.3f}")
+        parts.append(f"k-NN [CLS] {metrics['knn_cls']:.3f} patch {metrics['knn_patch']:.3f}")
+        if "target_information" in metrics:
+            parts.append(
+                f"target: information {metrics['target_information']:.3f} nats, entropy "
+                f"{metrics['target_entropy']:.2f} of {metrics['ln_k']:.2f}, "
+                f"{metrics['collapse']}"
+            )
+        typer.echo(" · ".join(parts), err=True)
+    return False
+
+
 def build_config(
     *, config: Path | None, recipe: str, baseline: bool, head: list[str] | None, **options: Any
 ) -> TrialConfig:
     """Start from the file (or the proxy/paper recipe) and apply the flags that were given."""
-    if recipe not in ("proxy", "paper"):
-        raise HSSLError(f"--recipe must be proxy or paper, got {recipe!r}")
+    if recipe not in ("proxy", "faithful", "paper"):
+        raise HSSLError(f"--recipe must be proxy, faithful or paper, got {recipe!r}")
     base_fields = {
         "base": "name",
         "img_size": "img_size",
@@ -102,7 +125,10 @@ def build_config(
         base_fields[k]: options.pop(k) for k in list(base_fields) if options.get(k) is not None
     }
     options = {k: v for k, v in options.items() if v is not None}
-    start = load_config_file(config) if config else TrialConfig()
+    if config:
+        start = load_config_file(config)
+    else:
+        start = TrialConfig.proxy() if recipe == "proxy" else TrialConfig()
     base = BaseSpec.from_dict({**start.base.to_dict(), **base_changes})
     heads = start.heads
     if head:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from training.collapse import classify, target_stats, worst
 from training.data import ImageSet, eval_view, iterate_batches
 from training.discrepancy import cka_discrepancy, loss_discrepancy, target_probs
 from training.network import HSSLNetwork
@@ -26,6 +27,7 @@ class Embeddings:
     heads: list[Tensor]  # per head: N x C
     head_logits: list[Tensor]  # per head: N x K
     labels: Tensor
+    patch_logits: Tensor | None = None  # first ``patch_limit`` images: n x T x K
 
 
 @torch.no_grad()
@@ -39,12 +41,13 @@ def embed_set(
     autocast: contextlib.AbstractContextManager | None = None,
     flip: bool = False,
     limit: int | None = None,
+    patch_limit: int = 0,
 ) -> Embeddings:
     """Run ``net`` in eval mode over ``images`` (optionally horizontally flipped, the second
-    fixed view) and collect its outputs."""
+    fixed view) and collect its outputs (and the patch logits of the first ``patch_limit``)."""
     was_training = net.training
     net.eval()
-    parts: dict[str, list] = {k: [] for k in ("base", "patch", "logits", "labels")}
+    parts: dict[str, list] = {k: [] for k in ("base", "patch", "logits", "labels", "plogits")}
     heads: list[list[Tensor]] = [[] for _ in net.heads]
     head_logits: list[list[Tensor]] = [[] for _ in net.heads]
     seen = 0
@@ -56,11 +59,13 @@ def embed_set(
         if flip:
             x = x.flip(-1)
         with autocast or contextlib.nullcontext():
-            out, patch_mean = net.embed(x)
+            out, patch_mean = net.embed(x, patch_logits=seen < patch_limit)
         parts["base"].append(out.base_features.float().cpu())
         parts["patch"].append(patch_mean.float().cpu())
         parts["logits"].append(out.base_logits.float().cpu())
         parts["labels"].append(labels)
+        if out.patch_logits is not None:
+            parts["plogits"].append(out.patch_logits[: patch_limit - seen].float().cpu())
         for k in range(len(net.heads)):
             heads[k].append(out.head_features[k].float().cpu())
             head_logits[k].append(out.head_logits[k].float().cpu())
@@ -74,6 +79,7 @@ def embed_set(
         heads=[torch.cat(h)[cut] for h in heads],
         head_logits=[torch.cat(h)[cut] for h in head_logits],
         labels=torch.cat(parts["labels"])[cut],
+        patch_logits=torch.cat(parts["plogits"]) if parts["plogits"] else None,
     )
 
 
@@ -139,3 +145,54 @@ def discrepancy_metrics(
         row["d_cka"] = cka_discrepancy(teacher_views[0].base, teacher_views[0].heads[k])
         results.append(row)
     return results
+
+
+def collapse_metrics(
+    query: Embeddings, objective: HSSLObjective, *, teacher_temp: float
+) -> dict[str, object]:
+    """Collapse diagnostics (method §11) of every target term on held-out images.
+
+    Flat keys describe the global target the base learns from (the baseline's [CLS]; with
+    heads, the mean over heads and the worst status): ``target_spread``, ``target_entropy``,
+    ``target_entropy_of_mean``, ``collapse``; ``patch_*`` the masked-patch term; ``ln_k``.
+    ``head_rows`` holds one row per head (the same keys without the patch ones).
+    """
+    globals_ = query.head_logits if objective.num_heads else [query.base_logits]
+    rows = []
+    for k, logits in enumerate(globals_):
+        stats = target_stats(logits, objective.global_target_probs(k, logits, teacher_temp))
+        rows.append(
+            {
+                "target_spread": stats["spread"],
+                "target_entropy": stats["entropy"],
+                "target_entropy_of_mean": stats["entropy_of_mean"],
+                "target_information": stats["information"],
+                "collapse": classify(stats),
+            }
+        )
+    out: dict[str, object] = {
+        key: sum(float(r[key]) for r in rows) / len(rows)
+        for key in (
+            "target_spread",
+            "target_entropy",
+            "target_entropy_of_mean",
+            "target_information",
+        )
+    }
+    out["collapse"] = worst([str(r["collapse"]) for r in rows])
+    out["ln_k"] = float(torch.log(torch.tensor(float(query.base_logits.shape[-1]))))
+    if objective.masking and query.patch_logits is not None and len(query.patch_logits) > 0:
+        center = objective.patch_center.float().cpu()
+        stats = target_stats(
+            query.patch_logits, target_probs(query.patch_logits, center, teacher_temp)
+        )
+        out.update(
+            patch_spread=stats["spread"],
+            patch_entropy=stats["entropy"],
+            patch_entropy_of_mean=stats["entropy_of_mean"],
+            patch_information=stats["information"],
+            patch_collapse=classify(stats),
+        )
+    if objective.num_heads:
+        out["head_rows"] = rows
+    return out

@@ -8,6 +8,7 @@ per-tensor clipping, prototype freeze, step, EMA, centre update. Each epoch rese
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -27,6 +28,8 @@ from training.runtime import is_out_of_memory, peak_memory_mb, seed_everything
 from training.session import Session, build_session, evaluate_session
 
 Report = Callable[[int, dict[str, Any]], bool]
+# one JSON line per epoch (losses; probes and collapse diagnostics when evaluated); 0 = init
+LOG_NAME = "metrics.jsonl"
 
 
 def run_trial(
@@ -66,6 +69,7 @@ def _train(s: Session, report: Report | None, progress: bool, started: float) ->
     cfg = s.config
     if s.start_epoch == 0 and cfg.eval_at_init:
         s.init_metrics = evaluate_session(s, epoch=0, final=False, linear=cfg.linear_probe)
+        _log(s, {"epoch": 0, **s.init_metrics})
         if _report(s, report, 0, s.init_metrics):
             return _result(s, "stopped", started)
     images_seen, train_time = 0, 0.0
@@ -81,11 +85,19 @@ def _train(s: Session, report: Report | None, progress: bool, started: float) ->
                 evaluate_session(s, epoch + 1, final=last, linear=last and cfg.linear_probe)
             )
         s.history.append(record)
+        _log(s, record)
         s.epochs_done = epoch + 1
         if s.checkpoint_path and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
             s.save_checkpoint()
+        speed = images_seen / max(train_time, 1e-9)
         if _report(s, report, epoch + 1, record) and not last:
-            return _result(s, "stopped", started, images_seen / max(train_time, 1e-9))
+            return _result(s, "stopped", started, speed)
+        collapsed = _collapsed_for(s.history, cfg.stop_on_collapse)
+        if collapsed and not last:
+            reason = (
+                f"collapsed: {collapsed} targets at {cfg.stop_on_collapse} evaluations in a row"
+            )
+            return _result(s, "stopped", started, speed, reason)
     return _result(s, "completed", started, images_seen / max(train_time, 1e-9))
 
 
@@ -173,11 +185,32 @@ def _report(s: Session, report: Report | None, epoch: int, metrics: dict[str, An
     return s.broadcast_flag(stop)
 
 
-def _result(s: Session, status: str, started: float, images_per_s: float = 0.0) -> TrialResult:
+def _log(s: Session, record: dict[str, Any]) -> None:
+    """Append one epoch's record to ``metrics.jsonl`` beside the checkpoint (rank 0)."""
+    if s.checkpoint_path and s.runtime.main:
+        s.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        with (s.checkpoint_path.parent / LOG_NAME).open("a") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+
+
+def _collapsed_for(history: list[dict[str, Any]], patience: int) -> str | None:
+    """The collapse kind if the last ``patience`` evaluations all found one, else None."""
+    evaluated = [h.get("collapse") for h in history if "collapse" in h]
+    if patience < 1 or len(evaluated) < patience:
+        return None
+    recent = evaluated[-patience:]
+    return recent[-1] if all(status != "ok" for status in recent) else None
+
+
+def _result(
+    s: Session, status: str, started: float, images_per_s: float = 0.0, reason: str | None = None
+) -> TrialResult:
     final = s.history[-1] if s.history else {}
+    if reason is None and status == "stopped":
+        reason = "stopped by the report callback"
     return TrialResult(
         status=status,
-        reason="stopped by the report callback" if status == "stopped" else None,
+        reason=reason,
         epochs_done=s.epochs_done,
         init_metrics=s.init_metrics,
         metrics=final,

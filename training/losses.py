@@ -9,11 +9,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
 from training.discrepancy import cross_entropy, target_probs
 
-__all__ = ["center_update", "global_loss", "patch_loss", "target_probs", "weighted_total"]
+__all__ = [
+    "center_update",
+    "global_loss",
+    "koleo_loss",
+    "patch_loss",
+    "sinkhorn_targets",
+    "target_probs",
+    "weighted_total",
+]
 
 
 def global_loss(targets: Sequence[Tensor], student_logits: Sequence[Tensor], student_temp: float):
@@ -86,3 +96,56 @@ def weighted_total(
     if mim is not None:
         total = total + lambda_mim * mim
     return total
+
+
+@torch.no_grad()
+def sinkhorn_targets(teacher_logits: Tensor, temperature: float, iterations: int = 3) -> Tensor:
+    """Sinkhorn-Knopp teacher targets (SwAV, DINOv2) [recon option beside the EMA centre].
+
+    ``Q = exp(logits / τt)`` (B x K) is scaled alternately so that every prototype gets the same
+    total mass over the batch (columns sum to B/K) and every image sums to 1 (the last step), so
+    the batch cannot put all its mass on one prototype, without a running centre. Under DDP the
+    column sums run over every rank's batch. Returns B x K probabilities.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = teacher_logits.float()
+    # shift by the global max (one constant for every rank): same Q after normalising; a
+    # per-rank max would rescale each rank's rows, which 3 iterations do not undo
+    shift = logits.max()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+    q = ((logits - shift) / temperature).exp()
+    batch, k = q.shape
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+    total = q.sum()
+    _all_sum(total)
+    q = q / total
+    for _ in range(iterations):
+        cols = q.sum(0, keepdim=True)
+        _all_sum(cols)
+        q = q / cols / k
+        q = q / q.sum(1, keepdim=True) / (batch * world)
+    return q * (batch * world)
+
+
+def _all_sum(t: Tensor) -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+
+
+def koleo_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
+    """KoLeo regulariser (DINOv2): −mean log of each L2-normalised feature's distance to its
+    nearest neighbour in the batch. Spreads the [CLS] embeddings apart, which works against
+    the collapse of all images onto one point. ``features``: B x C, B ≥ 2."""
+    if features.shape[0] < 2:
+        raise ValueError("koleo_loss needs at least two samples")
+    x = F.normalize(features.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        sims = x @ x.T
+        sims.fill_diagonal_(-2.0)
+        nearest = sims.argmax(dim=1)
+    distances = (x - x[nearest]).norm(dim=-1)
+    return -(distances + eps).log().mean()

@@ -18,24 +18,33 @@ from training.heads import create_head
 
 
 class Projector(nn.Module):
-    """3-layer MLP in → hidden → hidden → bottleneck with GELU, then L2 normalisation (spec §2)."""
+    """3-layer MLP in → hidden → hidden → bottleneck with GELU, then L2 normalisation (spec §2).
 
-    def __init__(self, in_dim: int, hidden: int, bottleneck: int) -> None:
+    ``use_bn`` puts a BatchNorm after each hidden Linear (the ``use_bn`` option of DINO's and
+    iBOT's projection heads; off in the authors' HSSL runs). Measured (method §11): it keeps the
+    teacher's global targets informative in short proxy runs where they otherwise go uniform.
+    Inputs of any leading shape (B x C, or B x N x C patch tokens) are flattened to rows first,
+    so BatchNorm normalises over every row of one call.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, bottleneck: int, use_bn: bool = False) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, bottleneck),
-        )
+        layers: list[nn.Module] = []
+        for width_in in (in_dim, hidden):
+            layers.append(nn.Linear(width_in, hidden))
+            if use_bn:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.GELU())
+        layers.append(nn.Linear(hidden, bottleneck))
+        self.mlp = nn.Sequential(*layers)
         for layer in self.mlp:
             if isinstance(layer, nn.Linear):
                 nn.init.trunc_normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.mlp(x), dim=-1)
+        rows = self.mlp(x.reshape(-1, x.shape[-1]))
+        return F.normalize(rows.reshape(*x.shape[:-1], rows.shape[-1]), dim=-1)
 
 
 class Prototypes(nn.Module):
@@ -85,6 +94,7 @@ class HSSLNetwork(nn.Module):
         proj_bottleneck: int,
         head_input: str = "prenorm",
         head_sees_mask: bool = True,
+        proj_bn: bool = False,
     ) -> None:
         super().__init__()
         self.base = create_base(base)
@@ -95,9 +105,9 @@ class HSSLNetwork(nn.Module):
             create_head(spec, dim, _continued_drop_path(base.drop_path_rate, self.base.depth, spec))
             for spec in heads
         )
-        self.base_projector = Projector(dim, proj_hidden, proj_bottleneck)
+        self.base_projector = Projector(dim, proj_hidden, proj_bottleneck, proj_bn)
         self.head_projectors = nn.ModuleList(
-            Projector(dim, proj_hidden, proj_bottleneck) for _ in heads
+            Projector(dim, proj_hidden, proj_bottleneck, proj_bn) for _ in heads
         )
         self.prototypes = Prototypes(proj_bottleneck, out_dim)
 
@@ -113,7 +123,10 @@ class HSSLNetwork(nn.Module):
             patch_logits = self.prototypes(self.base_projector(out.tokens))
         else:
             where = masks.flatten(1).bool()
-            picked = self.prototypes(self.base_projector(out.tokens[where]))
+            if int(where.sum()) < 2:  # BatchNorm in the projector needs two rows: project all
+                picked = self.prototypes(self.base_projector(out.tokens))[where]
+            else:
+                picked = self.prototypes(self.base_projector(out.tokens[where]))
             patch_logits = picked.new_zeros(*where.shape, picked.shape[-1])
             patch_logits = patch_logits.index_put((where,), picked)
         heads_read = out
@@ -121,10 +134,12 @@ class HSSLNetwork(nn.Module):
             heads_read = self.base(images)
         return self._globals(out, patch_logits, heads_read)
 
-    def embed(self, images: Tensor) -> tuple[NetworkOutput, Tensor]:
-        """Evaluation pass (no mask, no patch logits): outputs and the mean patch token."""
+    def embed(self, images: Tensor, patch_logits: bool = False) -> tuple[NetworkOutput, Tensor]:
+        """Evaluation pass (no mask): outputs and the mean patch token; the patch logits only
+        when asked (for the collapse diagnostics of the patch term)."""
         out = self.base(images)
-        return self._globals(out, None), out.tokens.mean(1)
+        patches = self.prototypes(self.base_projector(out.tokens)) if patch_logits else None
+        return self._globals(out, patches), out.tokens.mean(1)
 
     def _globals(self, out, patch_logits: Tensor | None, heads_read=None) -> NetworkOutput:
         base_logits = self.prototypes(self.base_projector(out.global_))

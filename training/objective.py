@@ -5,6 +5,9 @@
   term is averaged over heads (1/K weighting, the joint search of spec §5).
 - Baseline (no head): the teacher base's [CLS] is the target of the student base's [CLS].
 - ``masking=False`` is the DINO-style variant: no masked-patch term.
+- ``global_targets="sinkhorn"`` [recon option] replaces centre + softmax for the global terms
+  with Sinkhorn-Knopp targets over the views of the batch; ``koleo_weight`` adds DINOv2's KoLeo
+  term on the student base's global features. Both default off (the faithful objective).
 Centres (one per head global, or one for the baseline [CLS], plus one for base patches) are
 updated after the loss from the raw teacher logits.
 """
@@ -17,8 +20,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from training.losses import center_update, global_loss, patch_loss, target_probs, weighted_total
+from training.losses import (
+    center_update,
+    global_loss,
+    koleo_loss,
+    patch_loss,
+    sinkhorn_targets,
+    target_probs,
+    weighted_total,
+)
 from training.network import NetworkOutput
+from training.recipe import GLOBAL_TARGETS
 
 
 @dataclass
@@ -27,6 +39,7 @@ class LossParts:
     cls1: list[Tensor]  # per head (baseline: the one [CLS] loss)
     cls2: list[Tensor]  # per head (baseline: empty)
     mim: Tensor | None
+    koleo: Tensor | None = None
 
     def scalars(self) -> dict[str, float]:
         """The terms as floats, fetched from the device in one transfer."""
@@ -40,6 +53,9 @@ class LossParts:
         if self.mim is not None:
             names.append("loss_mim")
             values.append(self.mim.detach())
+        if self.koleo is not None:
+            names.append("loss_koleo")
+            values.append(self.koleo.detach())
         return dict(zip(names, torch.stack(values).float().tolist(), strict=True))
 
 
@@ -57,8 +73,16 @@ class HSSLObjective(nn.Module):
         lambda_cls: float = 1.0,
         lambda_mim: float = 1.0,
         num_views: int = 2,
+        global_targets: str = "centre",
+        koleo_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if global_targets not in GLOBAL_TARGETS:
+            raise ValueError(
+                f"global_targets must be one of {GLOBAL_TARGETS}, got {global_targets!r}"
+            )
+        self.global_targets = global_targets
+        self.koleo_weight = koleo_weight
         self.num_heads = num_heads
         self.student_temp = student_temp
         self.center_momentum = center_momentum
@@ -76,6 +100,14 @@ class HSSLObjective(nn.Module):
     def targets(self, logits: Tensor, center: Tensor, teacher_temp: float) -> list[Tensor]:
         return list(target_probs(logits.float(), center, teacher_temp).chunk(self.num_views))
 
+    def global_target_probs(self, k: int, logits: Tensor, teacher_temp: float) -> Tensor:
+        """The probabilities global term ``k`` would use as targets for these teacher logits
+        (all views stacked; also what the collapse diagnostics measure)."""
+        if self.global_targets == "sinkhorn":
+            return sinkhorn_targets(logits, teacher_temp)
+        center = self.global_centers[k].to(logits.device)
+        return target_probs(logits.float(), center, teacher_temp)
+
     def forward(
         self,
         student: NetworkOutput,
@@ -87,7 +119,7 @@ class HSSLObjective(nn.Module):
         base_student = list(student.base_logits.float().chunk(views))
         cls1, cls2 = [], []
         for k, logits in enumerate(self.teacher_globals(teacher)):
-            targets = self.targets(logits, self.global_centers[k], teacher_temp)
+            targets = list(self.global_target_probs(k, logits, teacher_temp).chunk(views))
             cls1.append(global_loss(targets, base_student, self.student_temp))
             if self.num_heads:
                 head_student = list(student.head_logits[k].float().chunk(views))
@@ -105,7 +137,12 @@ class HSSLObjective(nn.Module):
                 self.student_temp,
             )
         total = weighted_total(cls1, cls2, mim, self.lambda_cls, self.lambda_mim)
-        return LossParts(total, cls1, cls2, mim)
+        koleo = None
+        if self.koleo_weight > 0:
+            chunks = student.base_features.chunk(views)
+            koleo = torch.stack([koleo_loss(c) for c in chunks]).mean()
+            total = total + self.koleo_weight * koleo
+        return LossParts(total, cls1, cls2, mim, koleo)
 
     @torch.no_grad()
     def update_centers(self, teacher: NetworkOutput) -> None:

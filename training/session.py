@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from training import checkpoint
 from training.data import ImageSet, TwoCropAugment, num_batches, open_dataset
 from training.errors import DataError, HSSLError
-from training.evaluate import discrepancy_metrics, embed_set, probe_metrics
+from training.evaluate import collapse_metrics, discrepancy_metrics, embed_set, probe_metrics
+from training.floor import pixel_probes, recalibrate_bn
 from training.network import HSSLNetwork
 from training.objective import HSSLObjective
 from training.optim import param_groups
@@ -28,6 +29,8 @@ from training.recipe import TrialConfig
 from training.runtime import Runtime, resolve, seed_everything
 from training.schedules import cosine_schedule, lr_for_batch, teacher_temperature
 from training.teacher import ema_update, make_teacher
+
+PATCH_DIAGNOSTIC_IMAGES = 256  # held-out images whose patch targets the diagnostics read
 
 
 @dataclass
@@ -113,7 +116,10 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         proj_bottleneck=config.proj_bottleneck,
         head_input=config.head_input,
         head_sees_mask=config.head_sees_mask,
+        proj_bn=config.proj_bn,
     ).to(runtime.device)
+    if runtime.world_size > 1 and runtime.device.type == "cuda":
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # BN over the global batch
     channels_last = runtime.device.type == "cuda"
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
@@ -126,6 +132,8 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         masking=config.masking,
         lambda_cls=config.lambda_cls,
         lambda_mim=config.lambda_mim,
+        global_targets=config.global_targets,
+        koleo_weight=config.koleo_weight,
     ).to(runtime.device)
     optimizer = torch.optim.AdamW(param_groups(network), lr=0.0, weight_decay=config.weight_decay)
     steps = num_batches(train_set, config.batch_size, drop_last=True, world_size=runtime.world_size)
@@ -190,15 +198,19 @@ def _resume(s: Session, state: dict[str, Any]) -> None:
 
 
 def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> dict[str, Any]:
-    """Probes on the teacher base and per-head discrepancies (rank 0 computes, all wait)."""
+    """Probes on the teacher base, collapse diagnostics and per-head discrepancies (rank 0
+    computes, all wait). At initialisation (epoch 0) BN statistics are first recalibrated and
+    the raw-pixel reference is measured: the honest floor (``training.floor``)."""
     cfg, rt = s.config, s.runtime
     metrics: dict[str, Any] = {}
     if rt.main:
-        kw = dict(
-            img_size=cfg.base.img_size, batch_size=256, device=rt.device, autocast=rt.autocast()
-        )
+        size = cfg.base.img_size
+        kw = dict(img_size=size, batch_size=256, device=rt.device, autocast=rt.autocast())
+        if epoch == 0 and cfg.recalibrate_bn:
+            for net in (s.teacher, s.network):
+                recalibrate_bn(net, s.train_set, img_size=size, device=rt.device)
         bank = embed_set(s.teacher, s.train_set, limit=cfg.eval_bank_limit, **kw)
-        query = embed_set(s.teacher, s.heldout_set, **kw)
+        query = embed_set(s.teacher, s.heldout_set, patch_limit=PATCH_DIAGNOSTIC_IMAGES, **kw)
         metrics.update(
             probe_metrics(
                 bank,
@@ -210,12 +222,28 @@ def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> di
                 seed=cfg.seed,
             )
         )
+        if epoch == 0 and cfg.pixel_reference:
+            metrics.update(
+                pixel_probes(
+                    s.train_set,
+                    s.heldout_set,
+                    img_size=size,
+                    k=cfg.knn_k,
+                    temperature=cfg.knn_temperature,
+                    linear=linear,
+                    seed=cfg.seed,
+                    bank_limit=cfg.eval_bank_limit,
+                )
+            )
+        temp = float(s.schedules.teacher_temp[min(epoch, cfg.epochs - 1)])
+        diagnostics = collapse_metrics(query, s.objective, teacher_temp=temp)
+        head_rows = diagnostics.pop("head_rows", [])
+        metrics.update(diagnostics)
         if cfg.heads:
             teacher_views = [query, embed_set(s.teacher, s.heldout_set, flip=True, **kw)]
             student_views = [
                 embed_set(s.network, s.heldout_set, flip=f, **kw) for f in (False, True)
             ]
-            temp = float(s.schedules.teacher_temp[min(epoch, cfg.epochs - 1)])
             rows = discrepancy_metrics(
                 teacher_views,
                 student_views,
@@ -224,7 +252,8 @@ def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> di
                 student_temp=cfg.student_temp,
             )
             metrics["heads"] = [
-                {"head": h.label(), **row} for h, row in zip(cfg.heads, rows, strict=True)
+                {"head": h.label(), **row, **diag}
+                for h, row, diag in zip(cfg.heads, rows, head_rows, strict=True)
             ]
             if len(rows) == 1:
                 metrics.update(rows[0])
