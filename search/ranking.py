@@ -26,6 +26,7 @@ ACCURACIES = ("knn_cls", "knn_patch", "linear")
 INIT_DISCREPANCIES = ("d_kl", "d_cka", "d_loss", "h_target")
 ALIASES = {"knn": "knn_cls"}  # the search spec's objective name for the [CLS] k-NN probe
 FAILED_STATES = ("FAIL", "PRUNED")
+LEARNING_GAIN = 0.02  # a probe gain over the floor below this is read as "did not learn"
 RANK_RULE = (
     "per objective, average ranks of the heads' means (1 = largest); score = mean of those "
     "ranks (lower = better); equal scores share a rank; heads with no completed run or a "
@@ -233,9 +234,7 @@ def ranking_table(
         "probe: floor = random-init accuracy (BN statistics recalibrated), "
         "gain = mean(final - init) over seeds"
     )
-    pixels = _pixel_line(rows)
-    if pixels:
-        text.append(pixels)
+    text.extend(line for line in (_pixel_line(rows), signal_line(rows)) if line)
     for s in (s for s in rows if s.collapsed):
         kinds = ", ".join(s.collapse_kinds)
         text.append(
@@ -246,6 +245,22 @@ def ranking_table(
         reasons = "; ".join(s.failure_reasons) or "no reason"
         text.append(f"failed: {s.label}: {s.failed} run(s) ({reasons})")
     return "\n".join(text)
+
+
+def signal_line(rows: Sequence[HeadSummary]) -> str:
+    """Did any probe leave the random-init floor? The quality columns mean something only if
+    one did; otherwise the ranking rests on discrepancy alone, and the table says so."""
+    gains = [(s.gain[m], m, s.label) for s in rows for m in ACCURACIES if _finite(s.gain.get(m))]
+    if not gains:
+        return ""
+    best, metric, label = max(gains)
+    if best < LEARNING_GAIN:
+        return (
+            f"quality signal: none — no probe rose {LEARNING_GAIN:.2f} above its random-init "
+            f"floor (best {metric} gain {best:+.3f}); this ranking rests on discrepancy alone. "
+            "Train longer, or calibrate the proxy recipe (hssl search calibrate)"
+        )
+    return f"quality signal: probes rose above the floor (best: {label}, {metric} {best:+.3f})"
 
 
 def _pixel_line(rows: Sequence[HeadSummary]) -> str:

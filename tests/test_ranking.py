@@ -272,3 +272,65 @@ def test_json_round_trips():
     assert failed["mean"]["d_kl"] is None
     assert back["baseline"]["head"] is None and back["pareto"] == [A.label()]
     assert back["correlations"]["d_kl~knn_cls"]["rho"] == pytest.approx(-0.5)
+
+
+def test_collapsed_runs_are_shown_and_never_ranked():
+    """A run whose global target collapsed leaves the statistics (its numbers describe a
+    degenerate model), is counted and named in the table, and a head with only collapsed runs
+    is not ranked nor recommended."""
+    recs = records()
+    uniform = [
+        TrialRecord(
+            number=20 + seed,
+            label=D.label(),
+            head=D,
+            seed=seed,
+            state="COMPLETE",
+            strategy="independent",
+            final=_fin(5.0, 0.99, 0.99, 0.99),  # would top every column if it counted
+            init={**_init(0.46), "pixels_knn": 0.78},
+            collapse="uniform",
+        )
+        for seed in (0, 1)
+    ]
+    healthy_b = [r if r.label != B.label() else replace_collapse(r, "ok") for r in recs]
+    heads, baseline = split_baseline(summarize(healthy_b + uniform))
+    d = by_label(heads)[D.label()]
+    assert d.n == 0 and d.collapsed == 2 and d.collapse_kinds == ("uniform",)
+    assert d.failed == 1 and math.isnan(d.mean["d_kl"])  # the earlier OOM run is still there
+    assert d.pixels["pixels_knn"] == pytest.approx(0.78)
+    ranked = rank(heads, ["d_kl", "d_cka"])
+    assert ranked[0].label == A.label() and by_label(ranked)[D.label()].rank == 0
+    table = ranking_table(ranked, ["d_kl", "d_cka"], baseline=baseline)
+    assert f"collapsed: {D.label()}: 2 run(s) with uniform targets" in table
+    assert "raw pixels (reference): knn 0.780" in table
+    row = next(line for line in table.splitlines() if line.startswith("– ") and D.label() in line)
+    assert row.rstrip().endswith("0/2/1")
+
+
+def replace_collapse(record: TrialRecord, status: str) -> TrialRecord:
+    from dataclasses import replace
+
+    return replace(record, collapse=status)
+
+
+def test_signal_line_says_when_no_probe_left_the_floor():
+    learned = [
+        replace_final(r, knn_cls=r.init["knn_cls"] + 0.12) if r.label == A.label() and r.ok else r
+        for r in records()
+    ]
+    heads, baseline = split_baseline(summarize(learned))
+    table = ranking_table(rank(heads, ["d_kl"]), ["d_kl"], baseline=baseline)
+    assert f"quality signal: probes rose above the floor (best: {A.label()}, knn_cls +0.120)" in (
+        table
+    )
+    flat = [replace_final(r, **r.init) if r.head and r.ok else r for r in records()]
+    heads, baseline = split_baseline(summarize(flat))
+    table = ranking_table(rank(heads, ["d_kl"]), ["d_kl"], baseline=baseline)
+    assert "quality signal: none" in table and "rests on discrepancy alone" in table
+
+
+def replace_final(record: TrialRecord, **values: float) -> TrialRecord:
+    from dataclasses import replace
+
+    return replace(record, final={**record.final, **values})
