@@ -158,7 +158,7 @@ class SearchSpec(Strict):
     recipe: Literal["proxy", "faithful"] = Field(
         "proxy",
         description="proxy: the short-run recipe that keeps the global objective from "
-        "collapsing (PROXY_RECIPE: projector BN, K 256, lr 5e-3, teacher momentum 0.99; "
+        "collapsing (PROXY_RECIPE: projector BN, KoLeo 0.1, K 256, lr 5e-3, EMA 0.99; "
         "docs/study/recipes); faithful: the authors' objective as in full pre-training",
     )
     trial_overrides: dict[str, Any] = Field(

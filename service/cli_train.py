@@ -67,7 +67,7 @@ def train(
     recipe: Annotated[
         str,
         Opt(
-            help="proxy (short runs that learn: projector BN, K 256, ...), faithful (the "
+            help="proxy (short runs that learn: projector BN, KoLeo, K 256, ...), faithful (the "
             "authors' objective at proxy sizes) or paper (the full ViT-B recipe)"
         ),
     ] = "proxy",

@@ -89,3 +89,19 @@ def test_wrong_types_are_named_not_crashes():
     assert "trial config field lr must be float, got 'abc'" in errors_of(
         {"trial_overrides": {"lr": "abc"}}
     )
+
+
+def test_proxy_recipe_is_the_search_default_and_faithful_opts_out():
+    from training.recipe import PROXY_RECIPE, TrialConfig
+
+    proxy = SearchSpec().trial_config((), 0)
+    assert all(getattr(proxy, k) == v for k, v in PROXY_RECIPE.items())
+    assert proxy.proj_bn and proxy.koleo_weight > 0
+    faithful = SearchSpec(recipe="faithful").trial_config((), 0)
+    defaults = TrialConfig()
+    assert all(getattr(faithful, k) == getattr(defaults, k) for k in PROXY_RECIPE)
+    # trial_overrides win over the recipe; the full pre-training config never takes it
+    tuned = SearchSpec(trial_overrides={"koleo_weight": 0.0}).trial_config((), 0)
+    assert tuned.koleo_weight == 0.0 and tuned.proj_bn
+    assert not TrialConfig.paper(proxy.base, ()).proj_bn
+    assert TrialConfig.proxy(lr=1e-3).lr == 1e-3 and TrialConfig.proxy().proj_bn
