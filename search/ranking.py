@@ -260,7 +260,9 @@ def signal_line(rows: Sequence[HeadSummary]) -> str:
             f"floor (best {metric} gain {best:+.3f}); this ranking rests on discrepancy alone. "
             "Train longer, or calibrate the proxy recipe (hssl search calibrate)"
         )
-    return f"quality signal: probes rose above the floor (best: {label}, {metric} {best:+.3f})"
+    shared = len({g for g, m, _ in gains if m == metric}) == 1 and len(rows) > 1
+    where = "one shared base (joint search)" if shared else label
+    return f"quality signal: probes rose above the floor (best: {where}, {metric} {best:+.3f})"
 
 
 def _pixel_line(rows: Sequence[HeadSummary]) -> str:

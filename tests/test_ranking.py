@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -309,8 +310,6 @@ def test_collapsed_runs_are_shown_and_never_ranked():
 
 
 def replace_collapse(record: TrialRecord, status: str) -> TrialRecord:
-    from dataclasses import replace
-
     return replace(record, collapse=status)
 
 
@@ -324,6 +323,11 @@ def test_signal_line_says_when_no_probe_left_the_floor():
     assert f"quality signal: probes rose above the floor (best: {A.label()}, knn_cls +0.120)" in (
         table
     )
+    shared = [replace_final(r, knn_cls=0.6) if r.ok else r for r in records()]
+    shared = [replace(r, init={**r.init, "knn_cls": 0.46}) if r.ok else r for r in shared]
+    heads, baseline = split_baseline(summarize(shared))
+    table = ranking_table(rank(heads, ["d_kl"]), ["d_kl"])  # a joint search: one base's probes
+    assert "(best: one shared base (joint search), knn_cls +0.140)" in table
     flat = [replace_final(r, **r.init) if r.head and r.ok else r for r in records()]
     heads, baseline = split_baseline(summarize(flat))
     table = ranking_table(rank(heads, ["d_kl"]), ["d_kl"], baseline=baseline)
@@ -331,6 +335,4 @@ def test_signal_line_says_when_no_probe_left_the_floor():
 
 
 def replace_final(record: TrialRecord, **values: float) -> TrialRecord:
-    from dataclasses import replace
-
     return replace(record, final={**record.final, **values})
