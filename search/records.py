@@ -11,10 +11,7 @@ import optuna
 from training.config import HeadSpec
 from training.recipe import TrialResult
 
-METRICS = (
-    "knn_cls",
-    "knn_patch",
-    "linear",
+HEAD_KEYS = (  # what one head (or the baseline's [CLS]) has of its own in a run's metrics
     "d_loss",
     "h_target",
     "d_kl",
@@ -23,17 +20,9 @@ METRICS = (
     "target_spread",
     "target_information",
 )
+METRICS = ("knn_cls", "knn_patch", "linear", *HEAD_KEYS)
 PIXELS = ("pixels_knn", "pixels_linear")  # raw-pixel reference, measured at initialisation
 RUN_KEYS = ("knn_cls", "knn_patch", "linear", *PIXELS)
-HEAD_KEYS = (
-    "d_loss",
-    "h_target",
-    "d_kl",
-    "d_cka",
-    "target_entropy",
-    "target_spread",
-    "target_information",
-)
 
 
 def _row(metrics: dict[str, Any], label: str) -> dict[str, Any]:
