@@ -54,8 +54,8 @@ from search.run import SearchOutcome, report_of, run_search
 from search.spec import SearchSpec
 from search.stats import bootstrap_ci, mean_sd, spearman
 from search.storage import close_study, make_storage, sqlite_url, study_name
-from training.data import ImageSet, eval_view, open_dataset
-from training.probes import knn_accuracy, linear_probe
+from training.data import open_dataset
+from training.floor import pixel_probes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = Path(__file__).with_name("study.yaml")
@@ -192,42 +192,29 @@ def floor_row(runs: list[dict[str, Any]]) -> dict[str, Stat]:
     return {m: mean_sd([r["init"][m] for r in source if _finite(r["init"].get(m))]) for m in PROBES}
 
 
-def _pixels(images: ImageSet, count: int, img_size: int) -> torch.Tensor:
-    if images.images is not None:
-        raw = images.images[:count]
-    else:
-        raw = torch.stack([images[i][0] for i in range(count)])
-    return eval_view(raw, img_size).flatten(1)
-
-
 def raw_pixel_row(spec: SearchSpec) -> dict[str, Any]:
-    """k-NN and linear probe on flattened normalised pixels, per seed on that seed's split,
-    with the runs' bank (the first ``eval_bank_limit`` training images) and probe settings."""
+    """Raw-pixel k-NN and linear probe per seed on that seed's split, with the runs' bank and
+    probe settings (``training.floor.pixel_probes``, what runs measure at initialisation);
+    the fallback for studies whose runs predate that measurement."""
     knn, linear = [], []
     for seed in spec.seeds():
         cfg = spec.trial_config((), seed)
         train, held = open_dataset(
             cfg.data, cfg.base.img_size, seed=seed, heldout=cfg.heldout, limit=cfg.data_limit
         )
-        n = len(train) if cfg.eval_bank_limit is None else min(len(train), cfg.eval_bank_limit)
-        x_train, y_train = _pixels(train, n, cfg.base.img_size), train.labels[:n]
-        x_test = _pixels(held, len(held), cfg.base.img_size)
-        classes = len(train.classes)
-        knn.append(
-            knn_accuracy(
-                x_train,
-                y_train,
-                x_test,
-                held.labels,
-                num_classes=classes,
-                k=cfg.knn_k,
-                temperature=cfg.knn_temperature,
-            )
+        probes = pixel_probes(
+            train,
+            held,
+            img_size=cfg.base.img_size,
+            k=cfg.knn_k,
+            temperature=cfg.knn_temperature,
+            linear=cfg.linear_probe,
+            seed=seed,
+            bank_limit=cfg.eval_bank_limit,
         )
-        if cfg.linear_probe:
-            linear.append(
-                linear_probe(x_train, y_train, x_test, held.labels, num_classes=classes, seed=seed)
-            )
+        knn.append(probes["pixels_knn"])
+        if "pixels_linear" in probes:
+            linear.append(probes["pixels_linear"])
     return {"knn_cls": mean_sd(knn), "linear": mean_sd(linear), "n": len(knn)}
 
 

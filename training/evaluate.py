@@ -4,6 +4,7 @@ discrepancies of every head (spec §4), on held-out images in eval mode with fix
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -180,7 +181,7 @@ def collapse_metrics(
         )
     }
     out["collapse"] = worst([str(r["collapse"]) for r in rows])
-    out["ln_k"] = float(torch.log(torch.tensor(float(query.base_logits.shape[-1]))))
+    out["ln_k"] = math.log(query.base_logits.shape[-1])
     if objective.masking and query.patch_logits is not None and len(query.patch_logits) > 0:
         center = objective.patch_center.float().cpu()
         stats = target_stats(
