@@ -20,6 +20,7 @@ import yaml
 from search.calibrate import STRATEGY, probe_of
 from search.provenance import data_fingerprint
 from search.ranking import plain_json
+from search.recommendation import write_recommendation
 from search.spec import SearchSpec
 from training.errors import HSSLError
 
@@ -181,10 +182,7 @@ def write_calibration(
         data = {"source": spec.data, "error": str(exc)}
     rec = recipe_recommendation(spec, ranking, study=study, data=data, versions=versions)
     files["recipe"] = write_recipe(rec["trial_overrides"], out_dir / "recipe.yaml")
-    files["json"] = out_dir / "recommendation.json"
-    files["json"].write_text(json.dumps(rec, indent=2) + "\n")
-    files["yaml"] = out_dir / "recommendation.yaml"
-    files["yaml"].write_text(yaml.safe_dump(rec, sort_keys=False))
+    files.update(write_recommendation(rec, out_dir))
     return files
 
 
