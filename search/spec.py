@@ -136,6 +136,14 @@ class Budget(Strict):
         "what its process holds before training), GPU memory on CUDA; a trial over it fails "
         "'out of memory' and the search goes on",
     )
+    parallel: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="at most this many runs of the search at once, spread over the workers of "
+        "its queue (joint: one run per seed; independent: one per candidate and seed; optuna: "
+        "trials asked in parallel); default: as many as there are free worker slots",
+    )
 
 
 class SearchSpec(Strict):

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     # quotas per tenant (defaults for new tenants)
     max_concurrent_searches: int = Field(2, ge=1)
     max_trials_per_search: int = Field(200, ge=1)
+    max_concurrent_runs: int = Field(
+        16, ge=1, description="runs of one tenant executing at once, over all its searches"
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     rate_limit_per_minute: int = Field(600, ge=1)
     # workers
