@@ -23,7 +23,7 @@ from search.recommendation import build_recommendation, write_recommendation
 from search.records import TrialRecord, records
 from search.runner import run_trial_inline, run_trial_isolated
 from search.sampling import pruner_settings, sampler_settings
-from search.spec import SearchSpec
+from search.spec import SearchSpec, planned_runs
 from search.storage import (
     close_study,
     directions,
@@ -152,13 +152,6 @@ def run_search(
     return SearchOutcome(
         study.study_name, url, status, report["table"], report["ranking"], files, reconciled
     )
-
-
-def planned_runs(spec: SearchSpec) -> int:
-    if spec.strategy in ("optuna", "calibrate"):
-        return spec.budget.trials
-    heads = spec.budget.prescreen_keep or len(spec.space.candidates())
-    return heads * len(spec.seeds())
 
 
 def report_of(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:

@@ -241,3 +241,12 @@ __all__ = [
     "CandidateSpace",
     "SearchSpec",
 ]
+
+
+def planned_runs(spec: SearchSpec) -> int:
+    """How many runs the search is planned to count (progress and quotas): one per trial
+    (optuna, calibrate) or per (candidate, seed)."""
+    if spec.strategy in ("optuna", "calibrate"):
+        return spec.budget.trials
+    heads = spec.budget.prescreen_keep or len(spec.space.candidates())
+    return heads * len(spec.seeds())

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from search.run import planned_runs
+from search.spec import planned_runs
 from search.spec import SearchSpec
 from service import store
 from service.db import session_scope

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from search.run import planned_runs
+from search.spec import planned_runs
 from search.spec import SearchSpec
 from service import store
 from service.db import session_scope
