@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,11 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from search.claims import Claims, SoloClaims
 from search.records import result_attrs
 from search.runner import Report
 from search.spec import SearchSpec
+from search.storage import directions, reconcile_unit
 from training.config import HeadSpec
 from training.recipe import TrialConfig, TrialResult
 
@@ -40,6 +42,19 @@ class SearchContext:
     emit: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
     deadline: float | None = None  # time.monotonic() after which no run starts
     should_cancel: Callable[[], bool] | None = None
+    claims: Claims = field(default_factory=SoloClaims)
+    memory_limit_mb: int | None = None  # the worker slot's cap (the spec's may be smaller)
+
+    def claim(self, unit: str, weight: int = 1) -> bool:
+        """Claim a unit (see ``search.claims``); with exclusive claims, trials the study
+        still shows ``RUNNING`` under it belong to a shard that died: failed as
+        interrupted (and announced) before the unit runs again."""
+        if not self.claims.claim(unit, weight):
+            return False
+        if self.claims.exclusive:
+            for number in reconcile_unit(self.study, unit):
+                self.finished(self.study.trials[number])
+        return True
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -65,8 +80,12 @@ class SearchContext:
             output_dir=self.workdir / name,
             timeout_s=timeout,
             should_cancel=self.should_cancel,
-            memory_limit_mb=self.spec.budget.trial_memory_mb,
+            memory_limit_mb=self.trial_memory_mb(),
         )
+
+    def trial_memory_mb(self) -> int | None:
+        caps = [c for c in (self.spec.budget.trial_memory_mb, self.memory_limit_mb) if c]
+        return min(caps) if caps else None
 
     def values(self, final: dict[str, Any]) -> list[float] | None:
         """The objectives' values of a head's final metrics; None if one is missing or nan."""
@@ -103,21 +122,32 @@ class SearchContext:
         self.finished(self.study.trials[-1])
         return trial
 
-    def identify(self, trial: optuna.Trial, head: HeadSpec, seed: int, strategy: str) -> None:
+    def identify(
+        self,
+        trial: optuna.Trial,
+        head: HeadSpec,
+        seed: int,
+        strategy: str,
+        unit: str | None = None,
+    ) -> None:
         """Name an asked trial before it runs, so a trial whose process dies is still known
         (head, seed, strategy) when it is reconciled as interrupted."""
         trial.set_user_attr("head", head.to_dict())
         trial.set_user_attr("label", head.label())
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("strategy", strategy)
+        if unit is not None:
+            trial.set_user_attr("unit", unit)
 
     def tell(
         self, trial: optuna.Trial, result: TrialResult, head: HeadSpec, seed: int, strategy: str
     ) -> TrialState:
         """Finish an asked trial from a run's result; returns the state told."""
         attrs = result_attrs(result, head, seed, strategy)
+        known = trial.user_attrs  # set by identify(): one storage write per attribute saved
         for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+            if key not in known or known[key] != value:
+                trial.set_user_attr(key, value)
         values = self.values(attrs["final"]) if result.status == "completed" else None
         if result.status == "stopped":
             state = TrialState.PRUNED
@@ -127,7 +157,9 @@ class SearchContext:
                 trial.set_user_attr("failure_reason", "an objective is missing or not finite")
         else:
             state = TrialState.COMPLETE
-        single = len(self.spec.objectives) == 1 and values
+        # one direction (one objective, or pruned mode: the study optimises the first one;
+        # every objective's value is still in the user attributes and the ranking)
+        single = len(directions(self.spec)) == 1 and values
         frozen = self.study.tell(trial, values[0] if single else values, state=state)
         self.finished(frozen)
         return state

@@ -14,7 +14,9 @@ import optuna
 from tqdm import tqdm
 
 from search import strategies
+from search.bench_trial import run_trial_sleeping, sleep_seconds
 from search.calibrate_report import calibration_report, write_calibration
+from search.claims import Claims, SoloClaims
 from search.context import SearchContext
 from search.plot import plot_search
 from search.provenance import data_fingerprint, versions
@@ -87,6 +89,10 @@ def run_search(
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     data_root: str | Path | None = None,
     reconcile: bool = True,
+    claims: Claims | None = None,
+    fan_out: Callable[[int], None] | None = None,
+    finish: bool = True,
+    memory_limit_mb: int | None = None,
 ) -> SearchOutcome:
     """Run (or resume) the search ``spec`` and write ranking, recommendation and plot.
 
@@ -95,8 +101,15 @@ def run_search(
     ``data_root`` (a service's), a folder ``spec.data`` outside it is refused (DataError)
     before the study is opened: the spec may not have come through the API's check, or the
     folder may have been swapped for a link since. ``reconcile=False`` joins a study another
-    live process is running (independent strategy): its running trials are left alone
-    instead of being failed as orphans.
+    live process is running: its running trials are left alone instead of being failed as
+    orphans.
+
+    Shards (the service's fan-out): ``claims`` (``search.claims``) decide which runs this
+    process executes; ``fan_out(n)`` is told, once the pre-screen is done, how many runs may
+    go at once (``parallel_runs``), so the caller can start that many shards; with
+    ``finish=False`` the ranking and files are not written (the last shard does that with
+    ``finish_search``) and the outcome carries only the status. ``memory_limit_mb`` caps
+    each trial (a worker slot's share), besides the spec's own cap.
     """
     if data_root is not None:
         resolve_source(spec.data, Path(data_root).resolve())
@@ -121,18 +134,46 @@ def run_search(
         spec=spec,
         study=study,
         workdir=workdir,
-        runner=run_trial_isolated if isolate else run_trial_inline,
+        runner=runner_for(isolate),
         emit=emit,
         deadline=time.monotonic() + budget if budget else None,
         should_cancel=should_cancel,
+        claims=claims or SoloClaims(),
+        memory_limit_mb=memory_limit_mb,
     )
     for trial in study.get_trials(deepcopy=False):
         if trial.number in reconciled:  # announced, so a listener records why it ended
             ctx.finished(trial)
     study.set_user_attr("status", "running")
+    try:
+        run_strategy(ctx, fan_out)
+    finally:
+        bar.close()
+    status = "cancelled" if ctx.cancelled() else "out_of_time" if ctx.out_of_time() else "completed"
+    if not finish:
+        close_study(study)
+        return SearchOutcome(study.study_name, url, status, "", {}, {}, reconciled)
+    outcome = finish_search(study, spec, url, workdir, status)
+    outcome.reconciled = reconciled
+    return outcome
+
+
+def runner_for(isolate: bool):
+    """Child process per trial (``isolate``) or inline; the bench's sleeping stand-in when
+    ``HSSL_BENCH_SLEEP_TRIAL_S`` is set (``search.bench_trial``, never in production)."""
+    if sleep_seconds() is not None:
+        return run_trial_sleeping
+    return run_trial_isolated if isolate else run_trial_inline
+
+
+def run_strategy(ctx: SearchContext, fan_out: Callable[[int], None] | None = None) -> None:
+    """Pre-screen, baseline, then the strategy's runs (each claimed: see ``search.claims``)."""
+    spec = ctx.spec
     candidates = spec.space.candidates()
     if spec.budget.prescreen_keep and spec.strategy in ("joint", "independent"):
         candidates = strategies.prescreen(ctx, candidates, spec.budget.prescreen_keep)
+    if fan_out is not None:
+        fan_out(parallel_runs(spec))
     if spec.include_baseline and spec.strategy != "calibrate":  # calibrate runs only baselines
         strategies.run_baseline(ctx)
     if spec.strategy == "joint":
@@ -143,14 +184,39 @@ def run_search(
         strategies.run_calibrate(ctx)
     else:
         strategies.run_optuna(ctx)
-    bar.close()
-    status = "cancelled" if ctx.cancelled() else "out_of_time" if ctx.out_of_time() else "completed"
+
+
+def parallel_runs(spec: SearchSpec) -> int:
+    """How many runs of the search may go at once: joint, one per seed; independent, one per
+    (candidate, seed); optuna, one per trial; calibrate, one (its sampler learns from each
+    run in turn); at most ``budget.parallel``. Baselines count as runs too."""
+    seeds = len(spec.seeds())
+    if spec.strategy == "calibrate":
+        return 1
+    if spec.strategy == "joint":
+        width = seeds
+    elif spec.strategy == "independent":
+        width = (spec.budget.prescreen_keep or len(spec.space.candidates())) * seeds
+    else:
+        width = spec.budget.trials
+    if spec.include_baseline:
+        width = max(width, seeds)
+    return max(1, min(width, spec.budget.parallel or width))
+
+
+def finish_search(
+    study: optuna.Study | str, spec: SearchSpec, url: str, workdir: Path, status: str
+) -> SearchOutcome:
+    """Write the ranking, plot and recommendation of a search whose runs are over (once,
+    by the process that ran the last of them); ``study`` may be its name."""
+    if isinstance(study, str):
+        study = optuna.load_study(study_name=study, storage=make_storage(url))
     study.set_user_attr("status", status)
     report = report_of(study, spec)
     files = write_outputs(study, spec, report, url, workdir)
     close_study(study)
     return SearchOutcome(
-        study.study_name, url, status, report["table"], report["ranking"], files, reconciled
+        study.study_name, url, status, report["table"], report["ranking"], files, []
     )
 
 

@@ -15,7 +15,7 @@ import optuna
 
 from search.spec import CandidateSpace, SearchSpec
 from training.config import HeadSpec
-from training.heads import applies
+from training.head_families import applies
 
 
 def sampler_settings(spec: SearchSpec) -> dict[str, Any]:

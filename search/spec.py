@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from training.config import HEAD_FAMILIES, POOLINGS, BaseSpec, HeadSpec
 from training.errors import SpecError
-from training.heads import applies
+from training.head_families import applies
 from training.recipe import PROXY_RECIPE, TrialConfig
-from training.timm_build import check_name
+from training.timm_names import check_name
 
 Family = Literal["convnext", "resnet", "transformer", "mlp", "pool"]
 Objective = Literal["d_kl", "d_cka", "d_loss", "knn", "linear"]
@@ -157,7 +157,10 @@ class SearchSpec(Strict):
         "joint", description="calibrate: tune the proxy recipe on the baseline (search.calibrate)"
     )
     optuna_mode: Literal["pareto", "pruned"] = Field(
-        "pareto", description="pareto: multi-objective; pruned: first objective, k-NN pruning"
+        "pareto",
+        description="pareto: a multi-objective study of every objective; pruned: a "
+        "single-objective study of the first objective with k-NN pruning (every objective is "
+        "still recorded and ranked)",
     )
     objectives: list[Objective] = Field(default_factory=lambda: ["d_kl", "d_cka"], min_length=1)
     budget: Budget = Field(default_factory=Budget)

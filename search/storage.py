@@ -79,3 +79,18 @@ def reconcile_orphans(study: optuna.Study) -> list[int]:
         storage.set_trial_user_attr(trial._trial_id, "failure_reason", INTERRUPTED)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     return [t.number for t in orphans]
+
+
+def reconcile_unit(study: optuna.Study, unit: str) -> list[int]:
+    """Fail the trials left ``RUNNING`` under a claimed unit (its former owner died); return
+    their numbers. Only safe while the caller holds the unit's exclusive claim."""
+    storage = study._storage
+    orphans = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get("unit") == unit
+    ]
+    for trial in orphans:
+        storage.set_trial_user_attr(trial._trial_id, "failure_reason", INTERRUPTED)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return [t.number for t in orphans]

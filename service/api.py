@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from search.spec import SearchSpec
 from service import problems
-from service.auth import RateLimiter
+from service.auth import KeyCache, RateLimiter
 from service.db import engine_for
 from service.metrics import RequestCounter
 from service.middleware import RequestGuard
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     state.settings = settings
     state.dispatcher = dispatcher
     state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    state.key_cache = KeyCache(settings.key_cache_s)
     state.requests = RequestCounter()
     state.sse_poll_s = 0.5
     state.sse_ping_s = 15.0

@@ -92,6 +92,10 @@ def create_tenant(
     max_trials: Annotated[
         int | None, Opt(help="planned runs per search (default: HSSL_MAX_TRIALS_PER_SEARCH)")
     ] = None,
+    max_runs: Annotated[
+        int | None,
+        Opt(help="runs training at once over all its searches (default: HSSL_MAX_CONCURRENT_RUNS)"),
+    ] = None,
 ) -> None:
     from service import store
 
@@ -106,6 +110,7 @@ def create_tenant(
         if max_concurrent is None
         else max_concurrent,
         "max_trials": settings.max_trials_per_search if max_trials is None else max_trials,
+        "max_runs": settings.max_concurrent_runs if max_runs is None else max_runs,
     }
     for flag, value in quotas.items():
         if value < 1:
@@ -118,6 +123,7 @@ def create_tenant(
             "name": tenant.name,
             "max_concurrent_searches": tenant.max_concurrent_searches,
             "max_trials_per_search": tenant.max_trials_per_search,
+            "max_concurrent_runs": tenant.max_concurrent_runs,
         }
     )
 

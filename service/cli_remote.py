@@ -34,9 +34,11 @@ def read_spec(path: Path) -> dict[str, Any]:
 
 def summary(search: dict[str, Any]) -> str:
     p = search.get("progress", {})
+    running = f"running {p['running']} / " if p.get("running") is not None else ""
     line = (
-        f"{search['id']}  {search['status']:<10}  {p.get('finished', 0)}/{p.get('planned', 0)}"
-        f" runs ({p.get('failed', 0)} failed)  {search.get('name', '')}"
+        f"{search['id']}  {search['status']:<10}  {running}finished {p.get('finished', 0)}"
+        f" / planned {p.get('planned', 0)} runs ({p.get('failed', 0)} failed)"
+        f"  {search.get('name', '')}"
     )
     return line + (f"\n  error: {search['error']}" if search.get("error") else "")
 

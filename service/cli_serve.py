@@ -22,7 +22,11 @@ def serve(
     host: Annotated[str, Opt(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, Opt(help="port to listen on")] = 8000,
     slots: Annotated[
-        int | None, Opt(help="searches run at once here (default HSSL_LOCAL_WORKERS)")
+        int | None,
+        Opt(
+            help="runs trained at once here, each with its share of the device "
+            "(default HSSL_LOCAL_WORKERS)"
+        ),
     ] = None,
 ) -> None:
     """Run the HTTP API and, by default, the embedded dispatcher in this process.
@@ -68,12 +72,21 @@ def worker(
     queue: Annotated[
         str | None, Opt(help="queue to take searches from (default HSSL_QUEUE)")
     ] = None,
-    concurrency: Annotated[int, Opt(min=1, help="searches run at once by this worker")] = 1,
+    slots: Annotated[
+        int,
+        Opt(
+            "--slots",
+            "--concurrency",
+            min=1,
+            help="runs trained at once by this worker, each with 1/N of its GPU memory "
+            "(CUDA) or of its cores (CPU)",
+        ),
+    ] = 1,
     name: Annotated[str | None, Opt(help="worker name in logs")] = None,
 ) -> None:
     """Run a procrastinate worker for searches (PostgreSQL only).
 
-    Run one per GPU and pin it: `CUDA_VISIBLE_DEVICES=0 hssl worker --queue gpu-a100`.
+    Run one per GPU and pin it: `CUDA_VISIBLE_DEVICES=0 hssl worker --queue gpu-a100 --slots 4`.
     SIGTERM/SIGINT interrupts the running searches (they resume on another worker) and exits.
     """
     from service.settings import get_settings
@@ -88,4 +101,4 @@ def worker(
             err=True,
         )
         raise typer.Exit(2)
-    run_worker(settings, queue=queue, concurrency=concurrency, name=name)
+    run_worker(settings, queue=queue, slots=slots, name=name)

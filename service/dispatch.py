@@ -26,17 +26,19 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from service import queue as jobs
+from service import slots
 from service.db import session_scope
 from service.execute import INTERRUPTED, Flag, engine_of, execute_search, one_line
 from service.settings import Settings
+from service.shards import ShardJob
 
 log = logging.getLogger(__name__)
 
 
 class Dispatcher(ABC):
     @abstractmethod
-    def submitted(self, search_id: uuid.UUID, queue: str) -> None:
-        """A search was committed with its job row; never raises."""
+    def submitted(self, search_id: uuid.UUID, queue: str, shard: int = 0) -> None:
+        """A search (or one more shard of it) was committed with its job row; never raises."""
 
     @abstractmethod
     def start(self) -> None:
@@ -97,7 +99,8 @@ class _Running:
 
 
 class LocalDispatcher(Dispatcher):
-    """``slots`` threads claiming jobs of ``queue`` (default settings.queue; ``"*"``: any)."""
+    """``slots`` threads claiming shard jobs of ``queue`` (default settings.queue; ``"*"``:
+    any), so up to ``slots`` runs train at once here (``service.slots``)."""
 
     ANY_QUEUE = "*"
 
@@ -119,9 +122,10 @@ class LocalDispatcher(Dispatcher):
         self._lock = threading.Lock()
         self._running: dict[int, _Running] = {}
         self._threads: list[threading.Thread] = []
+        self.memory_limit_mb: int | None = None
 
     # ---- the interface ------------------------------------------------------------------
-    def submitted(self, search_id: uuid.UUID, queue: str) -> None:
+    def submitted(self, search_id: uuid.UUID, queue: str, shard: int = 0) -> None:
         with self._wake:
             self._wake.notify_all()
 
@@ -130,6 +134,7 @@ class LocalDispatcher(Dispatcher):
             if self._threads:
                 return
             self._stopping.clear()
+            self.memory_limit_mb = slots.configure(self.slots, self.settings.warm_pool)
             self.reconcile()
             for slot in range(self.slots):
                 self._spawn(self._slot_loop, f"hssl-slot-{slot}", slot)
@@ -206,7 +211,12 @@ class LocalDispatcher(Dispatcher):
         beat = Heartbeat(self.settings, job.id, job.worker)
         try:
             status = execute_search(
-                self.settings, job.search_id, interrupt=AnyOf(run.interrupt, beat.lost)
+                self.settings,
+                job.search_id,
+                interrupt=AnyOf(run.interrupt, beat.lost),
+                job=ShardJob(job.id, job.shard),
+                announce=lambda added: self.submitted(job.search_id, job.queue),
+                memory_limit_mb=self.memory_limit_mb,
             )
         finally:
             beat.stop()
@@ -281,13 +291,13 @@ class ProcrastinateDispatcher(Dispatcher):
                 self._app = make_app(self.settings).open()
             return self._app
 
-    def submitted(self, search_id: uuid.UUID, queue: str) -> None:
+    def submitted(self, search_id: uuid.UUID, queue: str, shard: int = 0) -> None:
         from procrastinate.exceptions import AlreadyEnqueued
 
         from service.worker import defer_search
 
         try:
-            defer_search(self._open(), search_id, queue)
+            defer_search(self._open(), search_id, queue, shard)
         except AlreadyEnqueued:
             pass
         except Exception as exc:
@@ -295,7 +305,7 @@ class ProcrastinateDispatcher(Dispatcher):
             return
         try:
             with session_scope(engine_of(self.settings)) as s:
-                jobs.mark_deferred(s, search_id)
+                jobs.mark_deferred(s, search_id, shard)
         except Exception as exc:  # the outbox defers it again; the queueing lock dedupes
             log.warning("search %s: could not mark deferred: %s", search_id, one_line(exc))
 

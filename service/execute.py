@@ -6,6 +6,11 @@ to our tables as it happens, and finally stores the ranking and recommendation a
 status. It never raises (a dispatcher loop must survive any search): an error fails the
 search with a one-line reason.
 
+Given its ``job`` (a dispatcher's), it runs as one *shard* of the search (``service.shards``):
+it runs the runs it can claim, asks for more shards once it knows how many runs may go at
+once, and only the last shard to finish writes the ranking, recommendation and final status
+(SHARD_DONE is what the others return). Without a job it runs the whole search alone.
+
 A database that goes away (a PostgreSQL restart, a network blip) is waited for and the step
 that failed is run again: the study is resumed (the trial in flight is reconciled as
 interrupted and rerun from its checkpoint), a final write is repeated in a new transaction.
@@ -34,11 +39,13 @@ from service import store
 from service.db import engine_for, retrying, session_scope
 from service.models import Search
 from service.settings import Settings
+from service.shards import Announce, ShardClaims, ShardJob, fan_out, is_last_shard
 
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 2.0
 INTERRUPTED = "interrupted"
+SHARD_DONE = "shard-done"
 
 
 class Interrupted(BaseException):
@@ -175,11 +182,20 @@ def trial_row(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def execute_search(
-    settings: Settings, search_id: uuid.UUID | str, *, interrupt: Flag | None = None
+    settings: Settings,
+    search_id: uuid.UUID | str,
+    *,
+    interrupt: Flag | None = None,
+    job: ShardJob | None = None,
+    announce: Announce | None = None,
+    memory_limit_mb: int | None = None,
 ) -> str:
     """Run the search to its end; returns its final status (``completed``, ``failed``,
     ``cancelled``), or ``interrupted`` when ``interrupt`` stopped it (still ``running``, to
-    be resumed). A search already final returns at once. Never raises."""
+    be resumed). A search already final returns at once. Never raises. With ``job``, runs
+    as that shard (``announce`` hands new shards to the dispatcher) and returns SHARD_DONE
+    when another shard is still at work (it will finish the search). ``memory_limit_mb``
+    caps each trial (the worker slot's share of its GPU)."""
     try:
         sid = search_id if isinstance(search_id, uuid.UUID) else uuid.UUID(str(search_id))
         engine = engine_of(settings)
@@ -187,7 +203,7 @@ def execute_search(
         log.error("search %s: cannot start: %s", search_id, one_line(exc))
         return "failed"
     try:
-        return _execute(settings, engine, sid, interrupt)
+        return _execute(settings, engine, sid, interrupt, job, announce, memory_limit_mb)
     except Exception as exc:
         log.exception("search %s failed", sid)
         return _fail(engine, sid, one_line(exc))
@@ -207,8 +223,16 @@ def _fail(engine: Engine, sid: uuid.UUID, error: str) -> str:
     return "failed"
 
 
-def _execute(settings: Settings, engine: Engine, sid: uuid.UUID, interrupt: Flag | None) -> str:
-    from search.run import SearchOutcome, run_search
+def _execute(
+    settings: Settings,
+    engine: Engine,
+    sid: uuid.UUID,
+    interrupt: Flag | None,
+    job: ShardJob | None,
+    announce: Announce | None,
+    memory_limit_mb: int | None = None,
+) -> str:
+    from search.run import SearchOutcome, finish_search, run_search
     from search.spec import SearchSpec
 
     started = retrying(engine, lambda: _start(engine, sid), f"search {sid}: start")
@@ -219,6 +243,14 @@ def _execute(settings: Settings, engine: Engine, sid: uuid.UUID, interrupt: Flag
 
     poll = CancelPoll(engine, sid, interrupt)
     writer = EventWriter(engine, sid)
+    shard = {}
+    if job is not None:
+        shard = {
+            "claims": ShardClaims(engine, sid, job, poll),
+            "fan_out": fan_out(engine, sid, announce, settings.max_shards),
+            "reconcile": False,
+            "finish": False,
+        }
 
     def run() -> SearchOutcome:
         return run_search(
@@ -231,6 +263,8 @@ def _execute(settings: Settings, engine: Engine, sid: uuid.UUID, interrupt: Flag
             should_cancel=poll,
             on_event=writer,
             data_root=settings.resolved_data_root,  # the worker reads only under it
+            memory_limit_mb=memory_limit_mb,
+            **shard,
         )
 
     try:
@@ -239,6 +273,13 @@ def _execute(settings: Settings, engine: Engine, sid: uuid.UUID, interrupt: Flag
         writer("search.interrupted", {"reason": "its worker is stopping"})
         return INTERRUPTED
     retrying(engine, writer.flush, f"search {sid}: events")
+    if job is not None:
+        if not is_last_shard(engine, sid, job):
+            return SHARD_DONE
+        cancelled = retrying(engine, poll.check_now, f"search {sid}: cancel")
+        status = "cancelled" if cancelled else outcome.status
+        workdir = Path(settings.data_dir) / "searches" / study
+        outcome = finish_search(study, spec, outcome.storage, workdir, status)
     retrying(
         engine,
         lambda: _copy_trials(engine, sid, outcome.storage, outcome.study),
@@ -272,7 +313,7 @@ def _start(engine: Engine, sid: uuid.UUID) -> str | tuple[dict[str, Any], str]:
             return "failed"
         if search.status in store.FINAL:
             return search.status
-        if search.status != "cancelling":  # a cancel asked before a restart still stands
+        if search.status == "queued":  # shards joining, or a retry, find it running already
             store.set_status(s, search, "running")
         return dict(search.spec), search.study_name
 

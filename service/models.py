@@ -6,7 +6,12 @@
 - ``searches`` hold the spec, status, progress and, once finished, ranking + recommendation.
 - ``search_trials`` are the study's finished trials, copied by the worker.
 - ``search_events`` are the SSE stream (their id is the ``Last-Event-ID``).
-- ``jobs`` are the embedded dispatcher's queue (PostgreSQL clusters use procrastinate's).
+- ``jobs`` are the work units of the dispatchers: one per *shard* of a search (a process
+  that joins the search's study and runs whatever runs are still unclaimed); PostgreSQL
+  clusters hand them to procrastinate.
+- ``search_runs`` are the claims on a search's runs (a baseline seed, a joint seed, a
+  candidate-seed pair, an optuna trial slot): one row per run, owned by the shard job that
+  runs it, so a run never executes twice at once and a dead shard's runs are taken over.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     max_concurrent_searches: Mapped[int] = mapped_column(Integer)
     max_trials_per_search: Mapped[int] = mapped_column(Integer)
+    max_concurrent_runs: Mapped[int] = mapped_column(Integer, default=16, server_default="16")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -119,14 +125,38 @@ class SearchTrial(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_queue_status", "queue", "status", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_queue_status", "queue", "status", "id"),
+        UniqueConstraint("search_id", "shard", name="uq_jobs_search_shard"),
+    )
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     search_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    shard: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     queue: Mapped[str] = mapped_column(String(100), default="default")
     status: Mapped[str] = mapped_column(String(20), default="queued")  # queued/running/done/failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SearchRun(Base):
+    """A claim on one run of a search (see the module docstring); ``weight`` is how many of
+    the search's planned runs it covers (a joint run: every candidate; a baseline: none)."""
+
+    __tablename__ = "search_runs"
+    __table_args__ = (UniqueConstraint("search_id", "unit", name="uq_search_runs_unit"),)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    search_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), index=True
+    )
+    unit: Mapped[str] = mapped_column(String(300))
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    job_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running/done
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

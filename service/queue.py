@@ -1,6 +1,11 @@
 """The embedded queue: SQL on our ``jobs`` table (the only SQL on it outside ``store``).
 
-A job row follows one search: ``queued`` → ``running`` (claimed by a worker, which refreshes
+A search runs as one or more *shard* jobs (``shard`` 0 is created with the search; the
+running search adds the others once it knows how many of its runs may go at once: see
+``add_shards``). Every shard joins the search's study and runs the runs it can claim
+(``service.runs``); the last shard to finish writes the ranking (``finish_shard``).
+
+A job row follows one shard: ``queued`` → ``running`` (claimed by a worker, which refreshes
 ``heartbeat_at``) → ``done`` or ``failed``. On PostgreSQL with procrastinate workers the API
 marks it ``deferred`` once procrastinate holds the job; a row still ``queued`` after that is
 the outbox the worker's periodic task re-defers.
@@ -25,7 +30,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service import store
-from service.models import Job, Search, utcnow
+from service.models import Job, Search, SearchRun, utcnow
 
 MAX_ATTEMPTS = 3
 WAITING = ("queued", "deferred")
@@ -39,6 +44,7 @@ class Claimed:
     queue: str
     attempts: int
     worker: str
+    shard: int = 0
 
 
 def _is_postgres(s: Session) -> bool:
@@ -63,13 +69,13 @@ def claim_job(s: Session, queue: str | None, worker_id: str) -> Claimed | None:
         update(Job)
         .where(Job.id == pick.scalar_subquery(), Job.status == "queued")
         .values(status="running", worker=worker_id, heartbeat_at=now)
-        .returning(Job.id, Job.search_id, Job.queue, Job.attempts)
+        .returning(Job.id, Job.search_id, Job.queue, Job.attempts, Job.shard)
         .execution_options(**NO_SYNC)
     )
     row = s.execute(stmt).first()
     if row is None:
         return None
-    return Claimed(row.id, row.search_id, row.queue, row.attempts, worker_id)
+    return Claimed(row.id, row.search_id, row.queue, row.attempts, worker_id, row.shard)
 
 
 def heartbeat(s: Session, job_id: int, worker_id: str) -> bool:
@@ -174,36 +180,90 @@ def queue_depth(s: Session, queue: str | None = None) -> int:
     return s.scalar(query) or 0
 
 
+# ---- shards ------------------------------------------------------------------------------
+def add_shards(s: Session, search_id: uuid.UUID, total: int) -> list[tuple[int, str]]:
+    """Make the search ``total`` shards (adds the missing ones, ``queued``); returns the
+    (shard, queue) added. Idempotent: a shard that exists is never added twice."""
+    rows = s.execute(select(Job.shard, Job.queue).where(Job.search_id == search_id)).all()
+    have = {r.shard for r in rows}
+    queue = rows[0].queue if rows else "default"
+    added = [(n, queue) for n in range(total) if n not in have]
+    for shard, q in added:
+        s.add(Job(search_id=search_id, queue=q, shard=shard))
+    s.flush()
+    return added
+
+
+def finish_shard(s: Session, search_id: uuid.UUID, job_id: int, nothing_left: bool) -> bool:
+    """A shard ran out of work: is it the last one? Under the search's row lock (a no-op
+    write, so shards finishing together take turns on SQLite too): with ``nothing_left``
+    (every run is claimed or done) the queued siblings that hold no claim are closed (they
+    would find nothing to do); then, if no sibling is still waiting or running, this shard
+    is the last: its job stays ``running`` and it must write the results (a crash there
+    leaves the job to be retried, which finishes again). Otherwise its job is ``done``."""
+    s.execute(
+        update(Search)
+        .where(Search.id == search_id)
+        .values(status=Search.status)
+        .execution_options(**NO_SYNC)
+    )
+    siblings = (Job.search_id == search_id, Job.id != job_id)
+    if nothing_left:
+        holds_claim = (
+            select(SearchRun.id)
+            .where(SearchRun.job_id == Job.id, SearchRun.status == "running")
+            .exists()
+        )
+        s.execute(
+            update(Job)
+            .where(*siblings, Job.status.in_(WAITING), ~holds_claim)
+            .values(status="done", heartbeat_at=utcnow())
+            .execution_options(**NO_SYNC)
+        )
+    active = s.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(*siblings, Job.status.in_((*WAITING, "running")))
+    )
+    if active:
+        finish_job(s, job_id, "done")
+        return False
+    return True
+
+
 # ---- procrastinate dispatch (PostgreSQL workers) ----------------------------------------
-def job_of_search(s: Session, search_id: uuid.UUID) -> Job | None:
-    return s.scalar(select(Job).where(Job.search_id == search_id).order_by(Job.id.desc()))
+def job_of_search(s: Session, search_id: uuid.UUID, shard: int = 0) -> Job | None:
+    return s.scalar(select(Job).where(Job.search_id == search_id, Job.shard == shard))
 
 
-def mark_deferred(s: Session, search_id: uuid.UUID) -> bool:
+def mark_deferred(s: Session, search_id: uuid.UUID, shard: int = 0) -> bool:
     """procrastinate holds the job now; only a still-``queued`` row changes (a worker may
     already have started it)."""
     result = s.execute(
         update(Job)
-        .where(Job.search_id == search_id, Job.status == "queued")
+        .where(Job.search_id == search_id, Job.shard == shard, Job.status == "queued")
         .values(status="deferred")
         .execution_options(**NO_SYNC)
     )
     return result.rowcount > 0
 
 
-def start_search_job(s: Session, search_id: uuid.UUID, worker_id: str) -> int | None:
-    """A procrastinate worker took the search: its row is ``running`` under ``worker_id``."""
-    job = job_of_search(s, search_id)
-    if job is None:
+def start_search_job(
+    s: Session, search_id: uuid.UUID, worker_id: str, shard: int = 0
+) -> int | None:
+    """A procrastinate worker took a shard: its row is ``running`` under ``worker_id``.
+    None if there is no such row or it is already closed (``done``/``failed``)."""
+    job = job_of_search(s, search_id, shard)
+    if job is None or job.status in ("done", "failed"):
         return None
     job.status, job.worker, job.heartbeat_at = "running", worker_id, utcnow()
     s.flush()
     return job.id
 
 
-def outbox(s: Session, older_than_s: float) -> list[tuple[uuid.UUID, str]]:
-    """(search id, queue) of jobs still ``queued`` after ``older_than_s`` whose search is
-    active: their defer was lost (the API died after commit, or procrastinate was down).
+def outbox(s: Session, older_than_s: float) -> list[tuple[uuid.UUID, int, str]]:
+    """(search id, shard, queue) of jobs still ``queued`` after ``older_than_s`` whose search
+    is active: their defer was lost (the API died after commit, or procrastinate was down).
     Jobs of searches already final are closed here."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     rows = s.execute(
@@ -217,14 +277,14 @@ def outbox(s: Session, older_than_s: float) -> list[tuple[uuid.UUID, str]]:
         if status in store.FINAL:
             job.status = "done"
         else:
-            waiting.append((job.search_id, job.queue))
+            waiting.append((job.search_id, job.shard, job.queue))
     s.flush()
     return waiting
 
 
-def fail_search_job(s: Session, search_id: uuid.UUID, reason: str) -> None:
+def fail_search_job(s: Session, search_id: uuid.UUID, reason: str, shard: int = 0) -> None:
     """A job procrastinate gave up on: our row and the search fail with ``reason``."""
-    job = job_of_search(s, search_id)
+    job = job_of_search(s, search_id, shard)
     if job is not None:
         job.status = "failed"
     search = s.get(Search, search_id)

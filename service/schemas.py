@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Row
 
 from service.models import Search, SearchTrial
 
@@ -25,8 +26,13 @@ def _example(**values: Any) -> ConfigDict:
 
 
 class Progress(BaseModel):
-    model_config = _example(planned=10, finished=4, failed=1)
+    model_config = _example(planned=10, running=3, finished=4, failed=1)
     planned: int = Field(description="runs the search plans (candidates x seeds, or trials)")
+    running: int | None = Field(
+        None,
+        description="planned runs training now, over every worker (a joint run counts for all "
+        "its candidates); given by GET /v1/searches/{id}, null in lists",
+    )
     finished: int = Field(description="runs that ended (any state)")
     failed: int = Field(description="runs that failed or were pruned")
 
@@ -72,7 +78,7 @@ SEARCH_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-01-05T10:00:00Z",
     "started_at": "2026-01-05T10:00:02Z",
     "finished_at": None,
-    "progress": {"planned": 10, "finished": 4, "failed": 1},
+    "progress": {"planned": 10, "running": 3, "finished": 4, "failed": 1},
     "best": None,
     "error": None,
     "links": _links(EXAMPLE_ID),
@@ -97,7 +103,8 @@ class SearchResource(BaseModel):
     links: Links
 
     @classmethod
-    def from_search(cls, search: Search) -> SearchResource:
+    def from_search(cls, search: Search | Row) -> SearchResource:
+        """From a ``Search`` or a row with its columns (``service.reads.search_status``)."""
         return cls(
             id=search.id,
             name=search.name,
@@ -106,7 +113,10 @@ class SearchResource(BaseModel):
             started_at=utc(search.started_at),
             finished_at=utc(search.finished_at),
             progress=Progress(
-                planned=search.planned, finished=search.finished, failed=search.failed
+                planned=search.planned,
+                running=getattr(search, "running", None),
+                finished=search.finished,
+                failed=search.failed,
             ),
             best=search.best,
             error=search.error,

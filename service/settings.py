@@ -32,9 +32,24 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     rate_limit_per_minute: int = Field(600, ge=1)
+    key_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=5,
+        description="how long the API trusts a key it has checked (a revoke by another "
+        "process takes effect within this); 0: check every request in the database",
+    )
     # workers
     queue: str = Field("default", description="queue a worker takes jobs from (e.g. gpu-a100)")
-    local_workers: int = Field(1, ge=0, le=64, description="embedded dispatcher slots")
+    local_workers: int = Field(
+        1, ge=0, le=64, description="embedded dispatcher slots: runs this process executes at once"
+    )
+    warm_pool: bool = Field(
+        True, description="pre-start the next trial process while a run trains (workers)"
+    )
+    max_shards: int = Field(
+        64, ge=1, le=1024, description="most shard jobs one search fans out to (runs at once)"
+    )
     heartbeat_s: float = Field(10.0, gt=0)
     stale_after_s: float = Field(120.0, gt=0)
 

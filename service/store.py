@@ -24,11 +24,16 @@ KEY_PREFIX = "hssl_"
 
 
 # ---- tenants and keys ------------------------------------------------------------------
-def create_tenant(s: Session, name: str, *, max_concurrent: int, max_trials: int) -> Tenant:
+def create_tenant(
+    s: Session, name: str, *, max_concurrent: int, max_trials: int, max_runs: int = 16
+) -> Tenant:
     if s.scalar(select(Tenant).where(Tenant.name == name)) is not None:
         raise Conflict(f"tenant {name!r} already exists")
     tenant = Tenant(
-        name=name, max_concurrent_searches=max_concurrent, max_trials_per_search=max_trials
+        name=name,
+        max_concurrent_searches=max_concurrent,
+        max_trials_per_search=max_trials,
+        max_concurrent_runs=max_runs,
     )
     s.add(tenant)
     s.flush()
@@ -204,9 +209,11 @@ def request_cancel(s: Session, tenant_id: uuid.UUID, search_id: uuid.UUID) -> Se
 
 
 def cancel_requested(s: Session, search_id: uuid.UUID) -> bool:
+    """Should the search's running shards stop: cancelled, or failed by one of them?"""
     return s.scalar(select(Search.status).where(Search.id == search_id)) in (
         "cancelling",
         "cancelled",
+        "failed",
     )
 
 

@@ -17,16 +17,15 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from search.spec import planned_runs
-from search.spec import SearchSpec
+from search.spec import SearchSpec, planned_runs
 from service import store
 from service.db import session_scope
 from service.errors import InvalidSpec, MalformedBody
 from service.models import Search, Tenant
 from service.problems import invalid_spec
 from service.settings import Settings
-from training.data.datasets import resolve_source
 from training.errors import DataError, HSSLError
+from training.sources import resolve_source
 
 log = logging.getLogger("service.api")
 MAX_IDEMPOTENCY_KEY = 200

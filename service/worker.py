@@ -5,15 +5,16 @@ Run one worker per GPU, each pinned to its device by the operator::
     CUDA_VISIBLE_DEVICES=0 hssl worker --queue gpu-a100 &
     CUDA_VISIBLE_DEVICES=1 hssl worker --queue gpu-a100 &
 
-(``HSSL_DATABASE_URL`` names the PostgreSQL database; ``--concurrency`` above 1 runs several
-searches, and so several trial processes, on the same device.)
+(``HSSL_DATABASE_URL`` names the PostgreSQL database; ``--slots N`` runs N shard jobs, so N
+trial processes, at once on the same device, each with 1/N of it: see ``service.slots``.)
 
 Tasks:
 
-- ``run_search_job(search_id)`` runs one search (idempotent: a search already final returns
-  at once; a re-run resumes its study). On a clean shutdown (SIGTERM/SIGINT) the running
-  searches stop within about a second, stay ``running`` and go back to our outbox, from which
-  the next maintenance run defers them again.
+- ``run_search_job(search_id, shard)`` runs one shard of a search (idempotent: a search
+  already final returns at once; a re-run resumes its study). On a clean shutdown
+  (SIGTERM/SIGINT) the running shards stop within about a second, the search stays
+  ``running`` and the shards go back to our outbox, from which the next maintenance run
+  defers them again.
 - ``hssl_maintenance`` (periodic, every minute, on the ``hssl-maintenance`` queue every worker
   also listens to): retries procrastinate jobs of dead workers (failing the job and its search
   after 3 attempts), and re-defers searches whose ``jobs`` row is still ``queued`` after 30 s
@@ -23,6 +24,7 @@ Tasks:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -37,10 +39,12 @@ from procrastinate.jobs import Status
 from sqlalchemy.engine import make_url
 
 from service import queue as jobs
+from service import slots as slots_module
 from service.db import is_transient, session_scope, wait_for_database
 from service.dispatch import AnyOf, Heartbeat
 from service.execute import INTERRUPTED, engine_of, execute_search, one_line
 from service.settings import Settings
+from service.shards import ShardJob
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,11 @@ def conninfo(database_url: str) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def make_app(settings: Settings, interrupt: threading.Event | None = None) -> procrastinate.App:
+def make_app(
+    settings: Settings,
+    interrupt: threading.Event | None = None,
+    memory_limit_mb: int | None = None,
+) -> procrastinate.App:
     """A procrastinate App on the settings' database with our two tasks. The API defers
     with it (``open()``), a worker runs it (``open_async()``); ``interrupt`` stops the
     searches this process runs (set on shutdown)."""
@@ -69,8 +77,10 @@ def make_app(settings: Settings, interrupt: threading.Event | None = None) -> pr
     app = procrastinate.App(connector=connector)
 
     @app.task(name=RUN_TASK, queue=settings.queue, pass_context=True)
-    def run_search_job(context: procrastinate.JobContext, search_id: str) -> str:
-        return run_job(settings, uuid.UUID(search_id), context.job.id, interrupt)
+    def run_search_job(context: procrastinate.JobContext, search_id: str, shard: int = 0) -> str:
+        return run_job(
+            settings, uuid.UUID(search_id), context.job.id, interrupt, shard, memory_limit_mb
+        )
 
     @app.periodic(cron="* * * * *", periodic_id="every-minute", queueing_lock=MAINTENANCE_TASK)
     @app.task(name=MAINTENANCE_TASK, queue=MAINTENANCE_QUEUE, priority=100)
@@ -85,35 +95,68 @@ def run_job(
     search_id: uuid.UUID,
     pq_job_id: int | None,
     interrupt: threading.Event | None,
+    shard: int = 0,
+    memory_limit_mb: int | None = None,
 ) -> str:
-    """The body of ``run_search_job``: our job row ``running`` (with heartbeats) while the
-    search runs, then ``done``/``failed``, or back to ``queued`` if interrupted."""
+    """The body of ``run_search_job``: our job row of the shard ``running`` (with heartbeats)
+    while it runs, then ``done``/``failed``, or back to ``queued`` if interrupted. A shard
+    whose row is already closed (its siblings found nothing left for it) returns at once."""
     worker = f"procrastinate:{socket.gethostname()}:{os.getpid()}:{pq_job_id}"
     engine = engine_of(settings)
     try:
         with session_scope(engine) as s:
-            job_id = jobs.start_search_job(s, search_id, worker)
-    except Exception as exc:  # run it anyway: the search's own status is what counts
-        log.warning("search %s: could not mark its job running: %s", search_id, one_line(exc))
-        job_id = None
-    beat = Heartbeat(settings, job_id, worker) if job_id is not None else None
-    stop = AnyOf(interrupt, beat.lost if beat else None)
+            job_id = jobs.start_search_job(s, search_id, worker, shard)
+    except Exception as exc:  # the row is read again when the job is retried
+        log.warning("search %s: could not mark shard %s running: %s", search_id, shard, exc)
+        raise
+    if job_id is None:
+        log.info("search %s: shard %s has nothing left to do", search_id, shard)
+        return "done"
+    beat = Heartbeat(settings, job_id, worker)
+    stop = AnyOf(interrupt, beat.lost)
     try:
-        status = execute_search(settings, search_id, interrupt=stop)
+        status = execute_search(
+            settings,
+            search_id,
+            interrupt=stop,
+            job=ShardJob(job_id, shard),
+            announce=lambda added: defer_shards(settings, search_id, added),
+            memory_limit_mb=memory_limit_mb,
+        )
     finally:
-        if beat is not None:
-            beat.stop()
-    if job_id is not None:
-        try:
-            with session_scope(engine) as s:
-                if status == INTERRUPTED:
-                    jobs.release_job(s, job_id, worker)
-                else:
-                    jobs.finish_job(s, job_id, "failed" if status == "failed" else "done", worker)
-        except Exception as exc:
-            log.warning("job %s: could not record %s: %s", job_id, status, one_line(exc))
-    log.info("search %s: %s", search_id, status)
+        beat.stop()
+    try:
+        with session_scope(engine) as s:
+            if status == INTERRUPTED:
+                jobs.release_job(s, job_id, worker)
+            else:
+                jobs.finish_job(s, job_id, "failed" if status == "failed" else "done", worker)
+    except Exception as exc:
+        log.warning("job %s: could not record %s: %s", job_id, status, one_line(exc))
+    log.info("search %s shard %s: %s", search_id, shard, status)
     return status
+
+
+def defer_shards(settings: Settings, search_id: uuid.UUID, added: list[tuple[int, str]]) -> None:
+    """Defer the new shards of a search from a running task (a short-lived synchronous app:
+    the worker's own app is asynchronous); a shard not deferred here waits in the outbox."""
+    app = procrastinate.App(
+        connector=procrastinate.SyncPsycopgConnector(
+            conninfo=conninfo(settings.resolved_database_url)
+        )
+    )
+    app.task(name=RUN_TASK, queue=settings.queue)(_never_run)
+    engine = engine_of(settings)
+    with app.open():
+        for shard, queue in added:
+            with contextlib.suppress(pq_exceptions.AlreadyEnqueued):
+                defer_search(app, search_id, queue, shard)
+            with session_scope(engine) as s:
+                jobs.mark_deferred(s, search_id, shard)
+
+
+def _never_run(search_id: str, shard: int = 0) -> str:  # the deferring app's task signature
+    raise RuntimeError("defer_shards' app only defers")
 
 
 async def wait_until_reachable(engine, interrupt: threading.Event) -> None:
@@ -136,12 +179,13 @@ async def maintain(app: procrastinate.App, settings: Settings) -> dict[str, int]
     )
     for job in stalled:
         search_id = uuid.UUID(str(job.task_kwargs.get("search_id")))
+        shard = int(job.task_kwargs.get("shard", 0))
         try:
             if job.attempts + 1 >= jobs.MAX_ATTEMPTS:
                 await app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
                 reason = f"gave up after {job.attempts + 1} attempts: its worker stopped"
                 await asyncio.to_thread(
-                    _in_session, engine, jobs.fail_search_job, search_id, reason
+                    _in_session, engine, jobs.fail_search_job, search_id, reason, shard
                 )
                 failed += 1
             else:
@@ -150,15 +194,15 @@ async def maintain(app: procrastinate.App, settings: Settings) -> dict[str, int]
         except Exception as exc:  # another worker got there first, or the lock is taken
             log.warning("stalled job %s: %s", job.id, one_line(exc))
     waiting = await asyncio.to_thread(_in_session, engine, jobs.outbox, OUTBOX_AFTER_S)
-    for search_id, queue in waiting:
+    for search_id, shard, queue in waiting:
         try:
-            await defer_search_async(app, search_id, queue)
+            await defer_search_async(app, search_id, queue, shard)
         except pq_exceptions.AlreadyEnqueued:
             pass
         except Exception as exc:
             log.warning("search %s: defer failed: %s", search_id, one_line(exc))
             continue
-        await asyncio.to_thread(_in_session, engine, jobs.mark_deferred, search_id)
+        await asyncio.to_thread(_in_session, engine, jobs.mark_deferred, search_id, shard)
         redeferred += 1
     summary = {"retried": retried, "failed": failed, "redeferred": redeferred}
     if any(summary.values()):
@@ -171,24 +215,30 @@ def _in_session(engine, func, *args: Any) -> Any:
         return func(s, *args)
 
 
-def _deferrer(app: procrastinate.App, search_id: uuid.UUID, queue: str):
-    return app.configure_task(RUN_TASK, queue=queue, queueing_lock=str(search_id))
+def _deferrer(app: procrastinate.App, search_id: uuid.UUID, queue: str, shard: int):
+    lock = str(search_id) if shard == 0 else f"{search_id}#{shard}"
+    return app.configure_task(RUN_TASK, queue=queue, queueing_lock=lock)
 
 
-def defer_search(app: procrastinate.App, search_id: uuid.UUID, queue: str) -> int:
-    """Defer ``run_search_job`` (one waiting job per search: queueing lock = its id)."""
-    return _deferrer(app, search_id, queue).defer(search_id=str(search_id))
+def defer_search(app: procrastinate.App, search_id: uuid.UUID, queue: str, shard: int = 0) -> int:
+    """Defer ``run_search_job`` for one shard (one waiting job per shard: queueing lock =
+    the search id, with ``#shard`` after shard 0)."""
+    return _deferrer(app, search_id, queue, shard).defer(search_id=str(search_id), shard=shard)
 
 
-async def defer_search_async(app: procrastinate.App, search_id: uuid.UUID, queue: str) -> int:
-    return await _deferrer(app, search_id, queue).defer_async(search_id=str(search_id))
+async def defer_search_async(
+    app: procrastinate.App, search_id: uuid.UUID, queue: str, shard: int = 0
+) -> int:
+    kwargs = {"search_id": str(search_id), "shard": shard}
+    return await _deferrer(app, search_id, queue, shard).defer_async(**kwargs)
 
 
 def run_worker(
-    settings: Settings, queue: str | None = None, concurrency: int = 1, name: str | None = None
+    settings: Settings, queue: str | None = None, slots: int = 1, name: str | None = None
 ) -> None:
     """Run a worker until SIGTERM/SIGINT: it takes ``run_search_job`` jobs of ``queue``
-    (default settings.queue) and the maintenance jobs, ``concurrency`` searches at a time.
+    (default settings.queue) and the maintenance jobs, ``slots`` shard jobs (so runs) at a
+    time, each with its share of the device (``service.slots``).
     On a signal the running searches are interrupted (to be resumed elsewhere) and it exits.
 
     procrastinate stops a worker whose notification listener or heartbeat loses the database
@@ -200,7 +250,7 @@ def run_worker(
     import search.run  # noqa: F401  (torch/timm/optuna load now, not on the first job: ~6 s)
 
     interrupt = threading.Event()
-    app = make_app(settings, interrupt)
+    app = make_app(settings, interrupt, slots_module.configure(slots, settings.warm_pool))
     queues = [queue or settings.queue, MAINTENANCE_QUEUE]
 
     current: dict[str, Worker] = {}
@@ -216,7 +266,7 @@ def run_worker(
             worker = Worker(
                 app=app,
                 queues=queues,
-                concurrency=concurrency,
+                concurrency=slots,
                 name=name or f"hssl-{socket.gethostname()}-{os.getpid()}",
                 install_signal_handlers=False,
                 delete_jobs="successful",

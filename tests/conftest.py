@@ -32,6 +32,7 @@ SQLITE_FILES = ("hssl.sqlite3", "optuna.sqlite3")
 def make_settings(data_dir: Path, database_url: str | None = None, **overrides):
     from service.settings import Settings
 
+    overrides.setdefault("warm_pool", False)  # spares cost CPU the suite's runs need
     return Settings(_env_file=None, data_dir=data_dir, database_url=database_url, **overrides)
 
 

@@ -10,12 +10,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from search.spec import planned_runs
-from search.spec import SearchSpec
+from search.spec import SearchSpec, planned_runs
 from service import store
 from service.db import session_scope
 from service.execute import engine_of
-from service.models import Job, Search, SearchEvent, SearchTrial
+from service.models import Job, Search, SearchEvent, SearchRun, SearchTrial
 from service.settings import Settings
 
 
@@ -57,9 +56,25 @@ def search_row(settings: Settings, search_id: uuid.UUID) -> Search:
         return s.get(Search, search_id)
 
 
-def job_row(settings: Settings, search_id: uuid.UUID) -> Job:
+def job_row(settings: Settings, search_id: uuid.UUID, shard: int = 0) -> Job:
     with session_scope(engine_of(settings)) as s:
-        return s.scalar(select(Job).where(Job.search_id == search_id))
+        return s.scalar(select(Job).where(Job.search_id == search_id, Job.shard == shard))
+
+
+def job_rows(settings: Settings, search_id: uuid.UUID) -> list[Job]:
+    """Every shard job of the search, by shard."""
+    with session_scope(engine_of(settings)) as s:
+        return list(s.scalars(select(Job).where(Job.search_id == search_id).order_by(Job.shard)))
+
+
+def run_rows(settings: Settings, search_id: uuid.UUID) -> list[SearchRun]:
+    """The search's run claims (``search_runs``), oldest first."""
+    with session_scope(engine_of(settings)) as s:
+        return list(
+            s.scalars(
+                select(SearchRun).where(SearchRun.search_id == search_id).order_by(SearchRun.id)
+            )
+        )
 
 
 def events(settings: Settings, search_id: uuid.UUID) -> list[tuple[str, dict[str, Any]]]:

@@ -25,13 +25,14 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         "HSSL_DATABASE_URL": settings.resolved_database_url,
         "HSSL_DATA_DIR": str(settings.data_dir),
         "HSSL_HEARTBEAT_S": "1",
+        "HSSL_WARM_POOL": "0",  # spares cost CPU the suite's runs need (tested in test_warm_pool)
         **extra,
     }
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(BIN / "hssl"), "worker", "--concurrency", "1"],
+        [str(BIN / "hssl"), "worker", "--slots", "1"],
         env=_env(settings, HSSL_LOCAL_WORKERS="0"),
         stdout=log_path.open("a"),
         stderr=subprocess.STDOUT,
@@ -75,6 +76,20 @@ def children(pid: int) -> list[int]:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(entry.name))
+    return out
+
+
+def trial_processes(pid: int) -> list[int]:
+    """The children of ``pid`` that train (spawned trial processes, not multiprocessing's
+    resource tracker, which lives as long as its parent)."""
+    out = []
+    for child in children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline:
+            out.append(child)
     return out
 
 

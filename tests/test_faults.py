@@ -97,7 +97,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_each_run_counts_once(
                 stop(proc)
     assert status == "completed", log_path.read_text()[-3000:]
     kinds = [k for k, _ in events(settings, sid)]
-    assert kinds.count("search.running") == 2  # ran once, retried once (bounded: 3 attempts)
+    assert kinds.count("search.running") == 1  # the retry resumes it: no second start
 
     failed = [t for t in trials(settings, sid) if t.state == "FAIL"]
     assert len(failed) == 1, [(t.label, t.state, t.attrs.get("failure_reason")) for t in failed]

@@ -112,6 +112,18 @@ def test_optuna_pareto_and_pruned_modes(tmp_path):
     assert {t.state.name for t in study.get_trials()} <= {"COMPLETE", "PRUNED"}
 
 
+def test_pruned_mode_with_the_default_objectives_optimises_the_first_and_ranks_on_all(tmp_path):
+    spec = tiny(strategy="optuna", optuna_mode="pruned", budget={"trials": 3, "epochs": 2})
+    assert spec.objectives == ["d_kl", "d_cka"]  # the defaults: two objectives
+    outcome = run_search(spec, tmp_path, progress=False, isolate=False)
+    study = load(tmp_path, outcome)
+    assert len(study.directions) == 1
+    finished = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert finished and all(t.value == t.user_attrs["final"]["d_kl"] for t in finished)
+    assert all("d_cka" in t.user_attrs["final"] for t in finished)
+    assert outcome.ranking["heads"], outcome.table
+
+
 def test_prescreen_trains_only_the_top_candidates(tmp_path):
     spec = tiny(
         strategy="independent",

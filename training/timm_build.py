@@ -4,23 +4,23 @@ Proxy trials shrink the base (spec §9: e.g. ViT depth 4, width 128, patch 4 on 
 spec's overrides are mapped onto constructor arguments. What a model accepts is read from its
 class signature, found by building the default model on the ``meta`` device (no memory, no
 weights); an override it does not take is a :class:`SpecError` naming both, never a silent
-no-op. Weights are never downloaded: ``pretrained=False`` always.
+no-op. Weights are never downloaded: ``pretrained=False`` always. Names are checked against
+the list :mod:`training.timm_names` ships (the API checks them there, without importing timm).
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import warnings
 from typing import Any
 
 import timm
 import torch
-from timm.models import split_model_name_tag
 from torch import nn
 
 from training.config import BaseSpec
 from training.errors import SpecError
+from training.timm_names import check_name
 
 # BaseSpec field -> timm constructor argument (ViT-style names).
 OVERRIDES = {
@@ -90,16 +90,6 @@ def timm_kwargs_for(spec: BaseSpec) -> dict[str, Any]:
             raise SpecError(_rejection(spec.name, cls_name, params, f"extra.{key}", key))
         kwargs[key] = value
     return kwargs
-
-
-def check_name(name: str) -> None:
-    """Raise :class:`SpecError` with up to 5 close matches if timm has no model ``name``."""
-    if timm.is_model(name):
-        return
-    arch, _ = split_model_name_tag(name)
-    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"did you mean: {', '.join(close)}" if close else "see timm.list_models()"
-    raise SpecError(f"unknown timm model {name!r}; {hint}")
 
 
 def _constructor_params(name: str) -> tuple[str, dict[str, Any], bool]:

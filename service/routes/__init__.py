@@ -56,7 +56,8 @@ def problems(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]
     return out
 
 
-# every /v1 route: the key is checked (and rate-limited) in the database, 503 when it is down
+# every /v1 route: the key is checked (and rate-limited; in the database unless checked in the
+# last HSSL_KEY_CACHE_S, service.auth), 503 when the database is down
 AUTH_PROBLEMS = (401, 429, 503)
 # any POST with a body passes the request guard first (service.middleware), used or not
 BODY_PROBLEMS = (413, 415)

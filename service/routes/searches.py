@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from service import store
 from service.auth import TenantDep
 from service.db import session_scope
+from service.reads import search_status
 from service.routes import AUTH_PROBLEMS, BODY_PROBLEMS, engine_of, problems, settings_of
 from service.schemas import STATUSES, SearchPage, SearchResource, Status
 from service.submission import MAX_IDEMPOTENCY_KEY, submit_search
@@ -117,9 +118,11 @@ def list_searches(
     summary="Read a search",
     responses=problems(*AUTH_PROBLEMS, 404, 422),
 )
-def get_search(request: Request, tenant: TenantDep, search_id: uuid.UUID) -> SearchResource:
-    with session_scope(engine_of(request)) as s:
-        return SearchResource.from_search(store.get_search(s, tenant.id, search_id))
+async def get_search(request: Request, tenant: TenantDep, search_id: uuid.UUID) -> SearchResource:
+    # Clients poll this: one worker-thread hop for the read (a sync route takes two, the
+    # second to validate the answer) and a Core read of the columns shown (service.reads).
+    row = await run_in_threadpool(search_status, engine_of(request), tenant.id, search_id)
+    return SearchResource.from_search(row)
 
 
 @router.post(

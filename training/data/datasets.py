@@ -4,7 +4,8 @@ An :class:`ImageSet` is either in memory (one uint8 N x 3 x S x S tensor, for th
 synthetic sets, so batches are tensor slices) or lazy (a list of files under a folder root,
 decoded on access). Either way ``labels`` is a ready int64 tensor, so probes can read labels
 without decoding. Splits are stratified and depend only on the seed, so every trial with the
-same seed trains and evaluates on the same images.
+same seed trains and evaluates on the same images. Which sources may be named, and
+``resolve_source``, live in :mod:`training.sources` (no torch: the API checks them there).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from training.data.builtin import load_animal_mnist, load_digits_set
 from training.data.folder import decode_image, scan_folder
 from training.data.synthetic import SYNTHETIC_SIZE, make_synthetic
 from training.errors import DataError
-
-BUILTIN_SOURCES = ("animal-mnist", "digits", "synthetic")
+from training.sources import BUILTIN_SOURCES, resolve_source  # noqa: F401 (re-exported)
 
 
 def take_rows(images: Tensor, indices: Tensor) -> Tensor:
@@ -146,44 +146,6 @@ def _heldout_count(heldout: int | float, n: int, source: str) -> int:
             f"({n} images in use); lower heldout or raise limit"
         )
     return count
-
-
-def resolve_source(source: str, root: Path, *, base: Path | None = None) -> str:
-    """``source`` checked against the data root ``root`` (already resolved): a built-in name
-    as is, else the folder it names as a resolved absolute path (symlinks followed, so a link
-    out of the root is refused). A relative path starts at ``base``; without ``base`` the path
-    is read the way :func:`open_dataset` reads it (``~`` expanded, from the current directory).
-    DataError, naming the source and the root, unless that folder exists inside ``root``."""
-    if source in BUILTIN_SOURCES:
-        return source
-    try:
-        path = Path(source) if base is not None else Path(source).expanduser()
-        resolved = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise _unusable(source, f"it cannot be resolved ({_first_line(exc)})", root) from None
-    if not resolved.is_relative_to(root):
-        raise _unusable(source, f"it resolves to {resolved}, outside the data root", root)
-    try:
-        is_dir = resolved.is_dir()
-    except (OSError, ValueError):
-        is_dir = False
-    if not is_dir:
-        raise _unusable(
-            source,
-            f"there is no folder {resolved}; use one of {', '.join(BUILTIN_SOURCES)} or a "
-            "folder <class name>/<images> under the data root",
-            root,
-        )
-    return str(resolved)
-
-
-def _unusable(source: str, why: str, root: Path) -> DataError:
-    return DataError(f"data {source!r} cannot be used: {why} (the data root is {root})")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load(source: str, img_size: int, limit: int | None) -> ImageSet:

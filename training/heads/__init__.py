@@ -4,9 +4,9 @@
 describes the families and which :class:`~training.config.HeadSpec` fields apply to each.
 """
 
+from training.head_families import applies, list_heads
 from training.heads.blocks import BLOCKS, HeadBlock, num_heads_for
 from training.heads.head import AuxHead, create_head
-from training.heads.registry import applies, list_heads
 
 __all__ = [
     "BLOCKS",

@@ -2,6 +2,8 @@
 
 ``list_heads()`` is what the CLI and API show a user choosing candidate heads for a search;
 it is derived from one table so the docs cannot drift from :mod:`training.heads.blocks`.
+It imports no torch (unlike the package :mod:`training.heads`, which re-exports it): the API
+validates candidate spaces with ``applies`` without loading the engine.
 """
 
 from __future__ import annotations

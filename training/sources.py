@@ -1,0 +1,52 @@
+"""Which data a run may name, checked without reading it (and without importing torch).
+
+A source is a built-in set (``BUILTIN_SOURCES``) or a class-per-folder tree; the API checks a
+search's ``data`` here before it answers (``resolve_source``), :func:`training.data.open_dataset`
+opens it later in a worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.errors import DataError
+
+BUILTIN_SOURCES = ("animal-mnist", "digits", "synthetic")
+
+
+def resolve_source(source: str, root: Path, *, base: Path | None = None) -> str:
+    """``source`` checked against the data root ``root`` (already resolved): a built-in name
+    as is, else the folder it names as a resolved absolute path (symlinks followed, so a link
+    out of the root is refused). A relative path starts at ``base``; without ``base`` the path
+    is read the way :func:`open_dataset` reads it (``~`` expanded, from the current directory).
+    DataError, naming the source and the root, unless that folder exists inside ``root``."""
+    if source in BUILTIN_SOURCES:
+        return source
+    try:
+        path = Path(source) if base is not None else Path(source).expanduser()
+        resolved = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _unusable(source, f"it cannot be resolved ({_first_line(exc)})", root) from None
+    if not resolved.is_relative_to(root):
+        raise _unusable(source, f"it resolves to {resolved}, outside the data root", root)
+    try:
+        is_dir = resolved.is_dir()
+    except (OSError, ValueError):
+        is_dir = False
+    if not is_dir:
+        raise _unusable(
+            source,
+            f"there is no folder {resolved}; use one of {', '.join(BUILTIN_SOURCES)} or a "
+            "folder <class name>/<images> under the data root",
+            root,
+        )
+    return str(resolved)
+
+
+def _unusable(source: str, why: str, root: Path) -> DataError:
+    return DataError(f"data {source!r} cannot be used: {why} (the data root is {root})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
