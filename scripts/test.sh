@@ -20,6 +20,14 @@ if ! have_postgres; then
       "or set PG_BINDIR; the PostgreSQL tests will fail without it" >&2
   fi
 fi
+# The dashboard test renders optuna-dashboard in a real browser: Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Chromium (apt-get) for the dashboard test" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
+    echo "could not install Chromium: the browser test will say so and skip" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from search.bench_trial import run_trial_sleeping, sleep_seconds
 from search.calibrate_report import calibration_report, write_calibration
 from search.claims import Claims, SoloClaims
 from search.context import SearchContext
+from search.dashboard import metric_names, publish
 from search.plot import plot_search
 from search.provenance import data_fingerprint, versions
 from search.ranking import correlations, pareto_front, rank, ranking_json, ranking_table, summarize
@@ -69,6 +71,9 @@ def open_study(spec: SearchSpec, storage_url: str, *, resume: bool) -> optuna.St
             "same spec file, or give this spec another name"
         )
     if not exists:
+        with warnings.catch_warnings():  # experimental in Optuna 4 and 5, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(spec))  # what optuna-dashboard's plots say
         study.set_user_attr("spec", spec.model_dump(mode="json"))
         study.set_user_attr("sampler", sampler_settings(spec))
         study.set_user_attr("pruner", pruner_settings(spec))
@@ -93,6 +98,7 @@ def run_search(
     fan_out: Callable[[int], None] | None = None,
     finish: bool = True,
     memory_limit_mb: int | None = None,
+    artifact_dir: str | Path | None = None,
 ) -> SearchOutcome:
     """Run (or resume) the search ``spec`` and write ranking, recommendation and plot.
 
@@ -109,7 +115,8 @@ def run_search(
     go at once (``parallel_runs``), so the caller can start that many shards; with
     ``finish=False`` the ranking and files are not written (the last shard does that with
     ``finish_search``) and the outcome carries only the status. ``memory_limit_mb`` caps
-    each trial (a worker slot's share), besides the spec's own cap.
+    each trial (a worker slot's share), besides the spec's own cap. ``artifact_dir``: where
+    optuna-dashboard's artifacts go (default ``<data_dir>/artifacts``).
     """
     if data_root is not None:
         resolve_source(spec.data, Path(data_root).resolve())
@@ -153,7 +160,7 @@ def run_search(
     if not finish:
         close_study(study)
         return SearchOutcome(study.study_name, url, status, "", {}, {}, reconciled)
-    outcome = finish_search(study, spec, url, workdir, status)
+    outcome = finish_search(study, spec, url, workdir, status, artifact_dir)
     outcome.reconciled = reconciled
     return outcome
 
@@ -205,15 +212,23 @@ def parallel_runs(spec: SearchSpec) -> int:
 
 
 def finish_search(
-    study: optuna.Study | str, spec: SearchSpec, url: str, workdir: Path, status: str
+    study: optuna.Study | str,
+    spec: SearchSpec,
+    url: str,
+    workdir: Path,
+    status: str,
+    artifact_dir: str | Path | None = None,
 ) -> SearchOutcome:
     """Write the ranking, plot and recommendation of a search whose runs are over (once,
-    by the process that ran the last of them); ``study`` may be its name."""
+    by the process that ran the last of them), and show them in optuna-dashboard (note and
+    artifacts in ``artifact_dir``, default ``<data dir>/artifacts``); ``study`` may be its
+    name."""
     if isinstance(study, str):
         study = optuna.load_study(study_name=study, storage=make_storage(url))
     study.set_user_attr("status", status)
     report = report_of(study, spec)
     files = write_outputs(study, spec, report, url, workdir)
+    publish(study, report, files, Path(artifact_dir or workdir.parent.parent / "artifacts"))
     close_study(study)
     return SearchOutcome(
         study.study_name, url, status, report["table"], report["ranking"], files, []

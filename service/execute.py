@@ -264,6 +264,7 @@ def _execute(
             on_event=writer,
             data_root=settings.resolved_data_root,  # the worker reads only under it
             memory_limit_mb=memory_limit_mb,
+            artifact_dir=settings.resolved_artifact_dir,
             **shard,
         )
 
@@ -279,7 +280,9 @@ def _execute(
         cancelled = retrying(engine, poll.check_now, f"search {sid}: cancel")
         status = "cancelled" if cancelled else outcome.status
         workdir = Path(settings.data_dir) / "searches" / study
-        outcome = finish_search(study, spec, outcome.storage, workdir, status)
+        outcome = finish_search(
+            study, spec, outcome.storage, workdir, status, settings.resolved_artifact_dir
+        )
     retrying(
         engine,
         lambda: _copy_trials(engine, sid, outcome.storage, outcome.study),

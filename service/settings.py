@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     optuna_url: str | None = Field(None, description="Optuna storage; default derived")
     optuna_schema: str = "optuna"
     data_root: Path | None = Field(None, description="folders a search may read; None = cwd")
+    artifact_dir: Path | None = Field(
+        None,
+        description="optuna-dashboard artifacts (recommendations, plots); default "
+        "<data_dir>/artifacts; give every worker and the dashboard the same folder",
+    )
     pool_size: int = Field(2, ge=1, le=64)
     max_overflow: int = Field(2, ge=0, le=64)
     # quotas per tenant (defaults for new tenants)
@@ -81,6 +86,10 @@ class Settings(BaseSettings):
             parsed = parsed.update_query_dict({"options": options})
             return parsed.render_as_string(hide_password=False)
         return f"sqlite:///{self._dir() / 'optuna.sqlite3'}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
 
     @property
     def resolved_data_root(self) -> Path:

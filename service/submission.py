@@ -8,6 +8,7 @@ is a 4xx now, never a failed job later; nothing here trains or imports the train
 from __future__ import annotations
 
 import json
+import re
 import logging
 import uuid
 from pathlib import Path
@@ -121,6 +122,15 @@ def submit_search(
     return search, created
 
 
+def study_name_for(spec: SearchSpec, search_id: uuid.UUID) -> str:
+    """The search's Optuna study, as optuna-dashboard lists it: the spec's name (or its base
+    and strategy) made safe, then 12 hex digits of the search id (unique per search, so two
+    searches of one name never share a study), e.g. ``quickstart-1a2b3c4d5e6f``."""
+    stem = spec.name or f"{spec.base.name}-{spec.strategy}"
+    stem = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:60] or "search"
+    return f"{stem}-{search_id.hex[:12]}"
+
+
 def _insert(
     settings: Settings,
     engine: Engine,
@@ -131,7 +141,7 @@ def _insert(
     key: str | None,
     search_id: uuid.UUID,
 ) -> tuple[Search, bool]:
-    study = f"hssl-{search_id}"
+    study = study_name_for(spec, search_id)
     with session_scope(engine) as s:
         return store.create_search(
             s,

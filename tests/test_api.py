@@ -45,7 +45,7 @@ def test_submit_returns_202_location_and_resource(start):
     assert http.get(body["links"]["self"]).json() == body
     assert recorder.calls == [(uuid.UUID(sid), "default")]
     row = api.search_row(sid)
-    assert row.study_name == f"hssl-{sid}"
+    assert row.study_name == f"my-search-{uuid.UUID(sid).hex[:12]}"  # as the dashboard lists it
     assert row.spec["name"] == "my-search" and row.spec["data"] == "synthetic"
 
 
@@ -54,7 +54,9 @@ def test_unnamed_search_is_named_after_its_study_and_folder_data_is_resolved(api
     r = http.post("/v1/searches", json=spec(name=None, data="images"))
     assert r.status_code == 202, r.text
     sid = r.json()["id"]
-    assert r.json()["name"] == f"hssl-{sid}"
+    study = api.search_row(sid).study_name
+    assert r.json()["name"] == study and study.endswith(f"-{uuid.UUID(sid).hex[:12]}")
+    assert study.startswith("vit_") and "-joint-" in study, study  # base and strategy
     assert api.search_row(sid).spec["data"] == str((api.root / "images").resolve())
     inside = http.post("/v1/searches", json=spec(data=str(api.root / "images" / ".." / "images")))
     assert inside.status_code == 202, inside.text
