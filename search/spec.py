@@ -8,6 +8,7 @@ the seed. Validation errors name the field and what is allowed.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from typing import Any, Literal
 
@@ -60,6 +61,9 @@ class BaseModelSpec(Strict):
         return BaseSpec(name=self.name, img_size=self.full_img_size, extra=dict(self.extra))
 
 
+MAX_CANDIDATES = 4096  # a grid beyond this is refused before it is expanded
+
+
 class CandidateSpace(Strict):
     """Candidate heads: the product of the lists below, or ``heads`` (explicit specs)."""
 
@@ -75,11 +79,38 @@ class CandidateSpace(Strict):
 
     @model_validator(mode="after")
     def _valid_heads(self) -> CandidateSpace:
+        size = self.grid_size()
+        if size > MAX_CANDIDATES:  # checked before anything is expanded: a cheap refusal
+            what = (
+                "heads listed"
+                if self.heads is not None
+                else "grid " + " x ".join(str(len(v)) for v in self._grid_lists())
+            )
+            raise ValueError(
+                f"the candidate space holds {size:,} candidates ({what}); at most "
+                f"{MAX_CANDIDATES:,} are searched: shrink the lists or use the optuna strategy"
+            )
         try:
             self.candidates()
         except SpecError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+    def _grid_lists(self) -> list[list]:
+        return [
+            self.families,
+            self.depths,
+            self.kernels,
+            self.first_residual,
+            self.pooling,
+            self.width_ratios,
+        ]
+
+    def grid_size(self) -> int:
+        """How many candidates the space names before duplicates merge (no expansion)."""
+        if self.heads is not None:
+            return len(self.heads)
+        return math.prod(len(v) for v in self._grid_lists())
 
     def candidates(self) -> list[HeadSpec]:
         """Distinct head specs, in a stable order (knobs a family ignores are collapsed)."""

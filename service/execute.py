@@ -40,6 +40,7 @@ from service.db import engine_for, retrying, session_scope
 from service.models import Search
 from service.settings import Settings
 from service.shards import Announce, ShardClaims, ShardJob, fan_out, is_last_shard
+from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ def execute_search(
         return _execute(settings, engine, sid, interrupt, job, announce, memory_limit_mb)
     except Exception as exc:
         log.exception("search %s failed", sid)
-        return _fail(engine, sid, one_line(exc))
+        public = getattr(exc, "public", None)  # a DataError: the client's terms, no server path
+        return _fail(engine, sid, one_line(exc) if public is None else one_line(DataError(public)))
 
 
 def _fail(engine: Engine, sid: uuid.UUID, error: str) -> str:

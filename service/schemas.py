@@ -114,7 +114,8 @@ class SearchResource(BaseModel):
             finished_at=utc(search.finished_at),
             progress=Progress(
                 planned=search.planned,
-                running=getattr(search, "running", None),
+                # the status read counts it; a queued search has none; lists leave it out
+                running=0 if search.status == "queued" else getattr(search, "running", None),
                 finished=search.finished,
                 failed=search.failed,
             ),

@@ -8,8 +8,8 @@ is a 4xx now, never a failed job later; nothing here trains or imports the train
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,9 +74,9 @@ def resolve_data(source: str, root: Path) -> str:
     try:
         return resolve_source(source, root, base=root)
     except DataError as exc:
-        message = str(exc)
-        errors = [{"field": "data", "message": message}]
-        raise InvalidSpec(message, errors=errors, data_root=str(root)) from None
+        log.info("refused a spec's data: %s", exc)  # the operator sees the server paths
+        message = exc.public  # the client its own terms only
+        raise InvalidSpec(message, errors=[{"field": "data", "message": message}]) from None
 
 
 def check_idempotency_key(key: str | None) -> str | None:

@@ -46,6 +46,7 @@ def test_trials_are_paged_by_number(submitted):
     assert [t["number"] for t in rest["items"]] == [2] and rest["next_after"] is None
     assert http.get(f"/v1/searches/{sid}").json()["progress"] == {
         "planned": 1,
+        "running": 0,
         "finished": 3,
         "failed": 1,
     }

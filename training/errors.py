@@ -16,7 +16,12 @@ class SpecError(HSSLError, ValueError):
 
 
 class DataError(HSSLError):
-    """A data set that cannot be used; the message names the offending path."""
+    """A data set that cannot be used; the message names the offending path. ``public`` is
+    the same in the caller's own terms (the name it gave, no server path), for an API."""
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public or message
 
 
 class TrainingError(HSSLError):

@@ -31,6 +31,18 @@ PRECISIONS = ("auto", "fp32", "bf16")
 GLOBAL_TARGETS = ("centre", "sinkhorn")
 
 
+SIZE_LIMITS = {  # (low, high) of the fields that size the networks, banks and loaders
+    "out_dim": (2, 262_144),
+    "proj_hidden": (1, 16_384),
+    "proj_bottleneck": (1, 8_192),
+    "epochs": (1, 100_000),
+    "batch_size": (2, 65_536),
+    "knn_k": (1, 10_000),
+    "num_workers": (0, 256),
+    "eval_bank_limit": (1, 10_000_000),
+}
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything one HSSL run needs. ``heads=()`` is the plain-iBOT baseline (spec §3).
@@ -98,6 +110,7 @@ class TrialConfig:
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
+        self._check_sizes()
         self._check_types()
         if self.variant not in VARIANTS:
             raise SpecError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
@@ -120,6 +133,14 @@ class TrialConfig:
             raise SpecError("koleo_weight and stop_on_collapse must be >= 0")
         if self.eval_every < 0:
             raise SpecError("eval_every must be >= 0 (0 = only at the end)")
+
+    def _check_sizes(self) -> None:
+        """Sizes a run allocates by must be within sense: a small request must not build a
+        model no machine holds (checked before anything is built)."""
+        for name, (low, high) in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+                raise SpecError(f"{name} must be in [{low}, {high:,}], got {value:,}")
 
     def _check_types(self) -> None:
         """Scalar fields must have their declared type (a number for a float field)."""

@@ -26,25 +26,36 @@ def resolve_source(source: str, root: Path, *, base: Path | None = None) -> str:
         path = Path(source) if base is not None else Path(source).expanduser()
         resolved = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise _unusable(source, f"it cannot be resolved ({_first_line(exc)})", root) from None
+        why = "it cannot be resolved"
+        raise _unusable(source, f"{why} ({_first_line(exc)})", root, why) from None
     if not resolved.is_relative_to(root):
-        raise _unusable(source, f"it resolves to {resolved}, outside the data root", root)
+        why = "outside the data root"
+        raise _unusable(source, f"it resolves to {resolved}, {why}", root, f"it is {why}")
     try:
         is_dir = resolved.is_dir()
     except (OSError, ValueError):
         is_dir = False
     if not is_dir:
+        hint = (
+            f"use one of {', '.join(BUILTIN_SOURCES)} or a folder <class name>/<images> under "
+            "the data root"
+        )
         raise _unusable(
             source,
-            f"there is no folder {resolved}; use one of {', '.join(BUILTIN_SOURCES)} or a "
-            "folder <class name>/<images> under the data root",
+            f"there is no folder {resolved}; {hint}",
             root,
+            f"there is no such folder under the data root; {hint}",
         )
     return str(resolved)
 
 
-def _unusable(source: str, why: str, root: Path) -> DataError:
-    return DataError(f"data {source!r} cannot be used: {why} (the data root is {root})")
+def _unusable(source: str, why: str, root: Path, public_why: str) -> DataError:
+    """The full reason (server paths: for the operator's log and a local user) and the one an
+    API client is shown (the name it sent, no server path)."""
+    return DataError(
+        f"data {source!r} cannot be used: {why} (the data root is {root})",
+        public=f"data {source!r} cannot be used: {public_why}",
+    )
 
 
 def _first_line(exc: BaseException) -> str:
