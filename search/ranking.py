@@ -247,22 +247,43 @@ def ranking_table(
     return "\n".join(text)
 
 
-def signal_line(rows: Sequence[HeadSummary]) -> str:
-    """Did any probe leave the random-init floor? The quality columns mean something only if
-    one did; otherwise the ranking rests on discrepancy alone, and the table says so."""
-    gains = [(s.gain[m], m, s.label) for s in rows for m in ACCURACIES if _finite(s.gain.get(m))]
+def quality_signal(rows: Sequence[HeadSummary]) -> tuple[bool | None, str]:
+    """Did any probe leave the random-init floor by more than its seed spread? (None, "")
+    when no probe was measured. A gain counts only over at least two seeds, above both
+    LEARNING_GAIN and the SD of the probe across seeds; otherwise the quality columns are
+    noise and the ranking rests on discrepancy alone, and the line says so."""
+    gains = [
+        (s.gain[m], m, s.label, s.sd.get(m, float("nan")), s.n)
+        for s in rows
+        for m in ACCURACIES
+        if _finite(s.gain.get(m))
+    ]
     if not gains:
-        return ""
-    best, metric, label = max(gains)
-    if best < LEARNING_GAIN:
-        return (
-            f"quality signal: none — no probe rose {LEARNING_GAIN:.2f} above its random-init "
-            f"floor (best {metric} gain {best:+.3f}); this ranking rests on discrepancy alone. "
-            "Train longer, or calibrate the proxy recipe (hssl search calibrate)"
+        return None, ""
+    real = [g for g in gains if g[4] >= 2 and g[0] > LEARNING_GAIN and g[0] > g[3]]
+    if not real:
+        best, metric, _, sd, n = max(gains)
+        spread = (
+            f"seed spread {sd:.3f} over {n} seeds"
+            if n >= 2 and _finite(sd)
+            else ("a single seed: no spread to compare with")
         )
-    shared = len({g for g, m, _ in gains if m == metric}) == 1 and len(rows) > 1
+        return False, (
+            "quality signal: none yet — ranked on discrepancy alone "
+            f"(best {metric} gain over the floor {best:+.3f}; {spread}). Use more seeds, train "
+            "longer, or calibrate the proxy recipe (hssl search calibrate)"
+        )
+    best, metric, label, _, _ = max(real)
+    shared = len({g for g, m, *_ in gains if m == metric}) == 1 and len(rows) > 1
     where = "one shared base (joint search)" if shared else label
-    return f"quality signal: probes rose above the floor (best: {where}, {metric} {best:+.3f})"
+    return True, (
+        f"quality signal: probes rose above the floor (best: {where}, {metric} {best:+.3f}), "
+        "by more than their seed spread"
+    )
+
+
+def signal_line(rows: Sequence[HeadSummary]) -> str:
+    return quality_signal(rows)[1]
 
 
 def _pixel_line(rows: Sequence[HeadSummary]) -> str:
@@ -330,5 +351,6 @@ def ranking_json(
             "baseline": summary_json(baseline) if baseline else None,
             "pareto": list(pareto),
             "correlations": correlations,
+            "signal": dict(zip(("quality", "line"), quality_signal(ranked), strict=True)),
         }
     )

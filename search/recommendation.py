@@ -40,6 +40,8 @@ def build_recommendation(
         "schema": SCHEMA,
         "head": best["head"],
         "head_label": best["label"],
+        # whether the probes say anything beyond discrepancy (the one line to read first)
+        "quality_signal": (ranking.get("signal") or {}).get("line", ""),
         "base": spec.base.model_dump(mode="json"),
         "metrics": best,
         "seed": spec.seed,

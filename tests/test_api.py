@@ -388,9 +388,9 @@ def test_concurrent_submissions_all_answer_and_one_key_makes_one_search(start):
 
 
 def test_a_huge_grid_or_absurd_sizes_are_refused_before_anything_is_expanded(api):
-    """A 14 KB body naming 2.88 M candidates (5 x 12 x 6 x 2 x 2 x 2,000; filed as "1.44 M") once took minutes and
-    a gigabyte; it must be a 422 that names the product, at once. Sizes far beyond sense in
-    trial_overrides are refused the same way."""
+    """A 14 KB body naming 2.88 M candidates (5 x 12 x 6 x 2 x 2 x 2,000; filed as "1.44 M")
+    once took minutes and a gigabyte; it must be a 422 that names the product, at once. Sizes
+    far beyond sense in trial_overrides are refused the same way."""
     http = api.client(api.tenant("acme"))
     space = {
         "families": ["convnext", "resnet", "transformer", "mlp", "pool"],

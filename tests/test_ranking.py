@@ -29,6 +29,7 @@ from search.ranking import (
     rank,
     ranking_json,
     ranking_table,
+    signal_line,
     split_baseline,
     summarize,
 )
@@ -331,7 +332,21 @@ def test_signal_line_says_when_no_probe_left_the_floor():
     flat = [replace_final(r, **r.init) if r.head and r.ok else r for r in records()]
     heads, baseline = split_baseline(summarize(flat))
     table = ranking_table(rank(heads, ["d_kl"]), ["d_kl"], baseline=baseline)
-    assert "quality signal: none" in table and "rests on discrepancy alone" in table
+    assert "quality signal: none yet — ranked on discrepancy alone" in table
+    assert ranking_json(rank(heads, ["d_kl"]), ["d_kl"], [], {})["signal"]["quality"] is False
+    # a gain within the seeds' spread, or from a single seed, is no signal either
+    noisy = [
+        replace_final(r, knn_cls=r.init["knn_cls"] + (0.3 if r.seed == 0 else -0.25))
+        if r.label == A.label() and r.ok
+        else r
+        for r in records()
+    ]
+    heads, _ = split_baseline(summarize(noisy))
+    line = signal_line(heads)
+    assert line.startswith("quality signal: none yet") and "seed spread" in line, line
+    one_seed = [r for r in learned if r.seed == 0]
+    heads, _ = split_baseline(summarize(one_seed))
+    assert "a single seed: no spread" in signal_line(heads)
 
 
 def replace_final(record: TrialRecord, **values: float) -> TrialRecord:
