@@ -38,6 +38,7 @@ def run_trial_sleeping(
     timeout_s: float | None = None,
     should_cancel: Callable[[], bool] | None = None,
     memory_limit_mb: int | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrialResult:
     started = time.monotonic()
     duration = sleep_seconds() or 1.0

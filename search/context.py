@@ -81,6 +81,7 @@ class SearchContext:
             timeout_s=timeout,
             should_cancel=self.should_cancel,
             memory_limit_mb=self.trial_memory_mb(),
+            on_progress=lambda data: self.emit("trial.progress", {"run": name, **data}),
         )
 
     def trial_memory_mb(self) -> int | None:

@@ -133,6 +133,8 @@ def run_search(
         if kind == "trial.finished":
             bar.update(1)
             bar.set_postfix_str(f"{data['label']}: {data['state']}")
+        elif kind == "trial.progress":
+            bar.set_postfix_str(progress_text(data))
         if on_event is not None:
             on_event(kind, data)
 
@@ -171,6 +173,14 @@ def runner_for(isolate: bool):
     if sleep_seconds() is not None:
         return run_trial_sleeping
     return run_trial_isolated if isolate else run_trial_inline
+
+
+def progress_text(data: dict[str, Any]) -> str:
+    """A running run's place: ``joint-s0 epoch 3/10 step 40/62 · 812 img/s``."""
+    return (
+        f"{data.get('run')} epoch {data.get('epoch')}/{data.get('epochs')} "
+        f"step {data.get('step')}/{data.get('steps')} · {data.get('images_per_s', 0):.0f} img/s"
+    )
 
 
 def run_strategy(ctx: SearchContext, fan_out: Callable[[int], None] | None = None) -> None:

@@ -79,12 +79,14 @@ def run_trial_isolated(
     should_cancel: Callable[[], bool] | None = None,
     memory_limit_mb: int | None = None,
     warm: bool | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrialResult:
     """``training.run_trial`` in a child process of its own; see the module docstring.
     ``memory_limit_mb`` caps what the child may allocate (``training.runtime.cap_memory``).
     ``warm`` (default: on when ``HSSL_WARM_POOL=1``) uses and refills this thread's spare;
     ``warm=False`` spawns a child now and leaves no spare. The wall-clock limit counts from the
-    hand-over of the config (for a child spawned now, its imports included, as before)."""
+    hand-over of the config (for a child spawned now, its imports included, as before).
+    ``on_progress`` hears the child's progress inside epochs (``training.loop`` on_step)."""
     warm = warm_pool_enabled() if warm is None else warm
     key = _env_key()
     job = ("run", config.to_dict(), str(output_dir) if output_dir else None, memory_limit_mb)
@@ -117,7 +119,7 @@ def run_trial_isolated(
         refill()
     done = False
     try:
-        result = _supervise(child, info, report, timeout_s, should_cancel, refill)
+        result = _supervise(child, info, report, timeout_s, should_cancel, refill, on_progress)
         done = True
     finally:
         child.discard()
@@ -135,6 +137,7 @@ def _supervise(
     timeout_s: float | None,
     should_cancel: Callable[[], bool] | None,
     on_ready: Callable[[], None],
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrialResult:
     """Answer the child's reports until it sends its result, dies, times out or is cancelled."""
     proc, conn, started = child.proc, child.conn, info.handed_at
@@ -152,6 +155,9 @@ def _supervise(
                 on_ready()
             elif kind == "started":
                 info.threads = payload[0]["threads"]
+            elif kind == "progress":  # no answer expected
+                if on_progress is not None:
+                    on_progress(payload[0])
             else:  # "report"
                 answer = bool(report(*payload)) if report else False
                 try:
@@ -181,6 +187,7 @@ def run_trial_inline(
     timeout_s: float | None = None,
     should_cancel: Callable[[], bool] | None = None,
     memory_limit_mb: int | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrialResult:
     """``run_trial`` in this process (debugging, fast tests): no crash isolation, and no
     wall-clock limit, cancellation or memory cap (``timeout_s``, ``should_cancel`` and
@@ -189,7 +196,7 @@ def run_trial_inline(
     try:
         from training.loop import run_trial
 
-        return run_trial(config, report, output_dir=output_dir)
+        return run_trial(config, report, output_dir=output_dir, on_step=on_progress)
     except Exception as exc:  # a bug or an unforeseen input fails this trial, not the search
         return _failed(f"{type(exc).__name__}: {exc}", started)
 
@@ -452,7 +459,12 @@ def _child_main(conn, parent_pid: int) -> None:
 
     started = time.monotonic()
     try:
-        result = run_trial(TrialConfig.from_dict(config), report, output_dir=output_dir)
+        result = run_trial(
+            TrialConfig.from_dict(config),
+            report,
+            output_dir=output_dir,
+            on_step=lambda data: conn.send(("progress", data)),
+        )
     except Exception as exc:  # reported as this trial's failure, with its reason
         result = _failed(f"{type(exc).__name__}: {exc}", started)
     conn.send(("result", result.to_dict()))

@@ -132,6 +132,12 @@ def follow(client: Client, search_id: str) -> None:
         if event.kind == "trial.finished" and event.data.get("number") is not None:
             bar.update(1)
             bar.set_postfix_str(f"{event.data.get('label')}: {event.data.get('state')}")
+        elif event.kind == "trial.progress":
+            d = event.data
+            bar.set_postfix_str(
+                f"{d.get('run')} epoch {d.get('epoch')}/{d.get('epochs')} step "
+                f"{d.get('step')}/{d.get('steps')} · {d.get('images_per_s', 0):.0f} img/s"
+            )
         elif event.kind == "trial.reported":
             bar.set_postfix_str(f"{event.data.get('run')} epoch {event.data.get('epoch')}")
         elif event.kind.startswith("search."):

@@ -33,6 +33,10 @@ def test_a_search_runs_to_completed_with_events_trials_and_results(settings):
     assert kinds[-1] == "search.completed"
     reported = next(data for kind, data in events(settings, sid) if kind == "trial.reported")
     assert {"run", "epoch", "knn_cls"} <= set(reported)
+    # progress inside the run (from its child process): where it is within each epoch
+    steps = [data for kind, data in events(settings, sid) if kind == "trial.progress"]
+    assert steps and steps[-1]["run"] == "joint-s0" and steps[-1]["step"] == steps[-1]["steps"]
+    assert steps[-1]["epoch"] == steps[-1]["epochs"] == 1 and steps[-1]["images_per_s"] > 0
 
     # idempotent: a final search returns at once, writing nothing
     started = time.monotonic()

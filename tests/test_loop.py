@@ -38,6 +38,19 @@ def test_completes_with_metrics_and_reports_every_epoch():
     assert len(result.history) == 2 and result.images_per_s > 0 and result.peak_memory_mb > 0
 
 
+def test_on_step_hears_progress_inside_every_epoch(monkeypatch):
+    import training.loop as loop
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)  # every step, to see them all
+    steps: list[dict] = []
+    assert run_trial(TINY, on_step=steps.append).status == "completed"
+    per_epoch = steps[-1]["steps"]
+    assert [(d["epoch"], d["step"]) for d in steps] == [
+        (e, i) for e in (1, 2) for i in range(1, per_epoch + 1)
+    ]
+    assert all(d["epochs"] == 2 and d["images_per_s"] > 0 for d in steps)
+
+
 def test_report_callback_stops_the_run():
     result = run_trial(TINY, lambda epoch, metrics: epoch >= 1)
     assert result.status == "stopped" and result.epochs_done == 1

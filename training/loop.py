@@ -28,6 +28,8 @@ from training.runtime import is_out_of_memory, peak_memory_mb, seed_everything
 from training.session import Session, build_session, evaluate_session
 
 Report = Callable[[int, dict[str, Any]], bool]
+OnStep = Callable[[dict[str, Any]], None]
+PROGRESS_EVERY_S = 5.0  # on_step: at most this often within an epoch, and at each epoch's end
 # one JSON line per epoch (losses; probes and collapse diagnostics when evaluated); 0 = init
 LOG_NAME = "metrics.jsonl"
 
@@ -38,6 +40,7 @@ def run_trial(
     *,
     output_dir: str | Path | None = None,
     progress: bool = False,
+    on_step: OnStep | None = None,
 ) -> TrialResult:
     """Train one HSSL configuration and evaluate it.
 
@@ -45,12 +48,14 @@ def run_trial(
     return value stops the run (status ``stopped``), which is how a pruner cuts a trial short.
     A non-finite loss, running out of memory or an unusable data set/spec end the trial with
     status ``failed`` and a reason, never an exception into the caller. With ``output_dir`` a
-    checkpoint is written after every epoch and an existing one is resumed.
+    checkpoint is written after every epoch and an existing one is resumed. ``on_step``
+    hears where training is inside an epoch (epoch, epochs, step, steps, images/s) every
+    PROGRESS_EVERY_S seconds and at each epoch's end, on the main rank.
     """
     started = time.perf_counter()
     try:
         session = build_session(config, output_dir)
-        return _train(session, report, progress, started)
+        return _train(session, report, progress, started, on_step)
     except HSSLError as exc:  # TrainingError (non-finite loss), DataError, SpecError
         return TrialResult(
             status="failed", reason=str(exc), wall_time_s=time.perf_counter() - started
@@ -65,7 +70,13 @@ def run_trial(
         )
 
 
-def _train(s: Session, report: Report | None, progress: bool, started: float) -> TrialResult:
+def _train(
+    s: Session,
+    report: Report | None,
+    progress: bool,
+    started: float,
+    on_step: OnStep | None = None,
+) -> TrialResult:
     cfg = s.config
     if s.start_epoch == 0 and cfg.eval_at_init:
         s.init_metrics = evaluate_session(s, epoch=0, final=False, linear=cfg.linear_probe)
@@ -75,7 +86,7 @@ def _train(s: Session, report: Report | None, progress: bool, started: float) ->
     images_seen, train_time = 0, 0.0
     for epoch in range(s.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        losses = train_one_epoch(s, epoch, progress)
+        losses = train_one_epoch(s, epoch, progress, on_step)
         train_time += time.perf_counter() - t0
         images_seen += s.steps_per_epoch * cfg.batch_size * s.runtime.world_size
         last = epoch + 1 == cfg.epochs
@@ -101,7 +112,9 @@ def _train(s: Session, report: Report | None, progress: bool, started: float) ->
     return _result(s, "completed", started, images_seen / max(train_time, 1e-9))
 
 
-def train_one_epoch(s: Session, epoch: int, progress: bool) -> dict[str, float]:
+def train_one_epoch(
+    s: Session, epoch: int, progress: bool, on_step: OnStep | None = None
+) -> dict[str, float]:
     """One pass over the training images; returns the epoch's mean loss terms."""
     cfg, rt = s.config, s.runtime
     seed_everything(cfg.seed * 10_007 + epoch)
@@ -128,11 +141,26 @@ def train_one_epoch(s: Session, epoch: int, progress: bool) -> dict[str, float]:
         leave=False,
         dynamic_ncols=True,
     )
+    t0 = last = time.perf_counter()
     for it, (images, _) in enumerate(bar):
         parts = train_step(s, images, epoch, it, gen, mask_rng, teacher_temp)
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        now = time.perf_counter()
+        if on_step and rt.main and (now - last >= PROGRESS_EVERY_S or it + 1 == s.steps_per_epoch):
+            last = now
+            done = (it + 1) * cfg.batch_size * rt.world_size
+            on_step(
+                {
+                    "epoch": epoch + 1,
+                    "epochs": cfg.epochs,
+                    "step": it + 1,
+                    "steps": s.steps_per_epoch,
+                    "images_per_s": round(done / max(now - t0, 1e-9), 1),
+                    "loss": round(parts["loss"], 4),
+                }
+            )
     n = max(s.steps_per_epoch, 1)
     return {key: value / n for key, value in sums.items()}
 

@@ -65,8 +65,10 @@ def sse(event: SearchEvent) -> str:
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "events `search.*`, `trial.started`, `trial.reported`, "
-            "`trial.finished` until a final `search.completed|failed|cancelled`",
+            "description": "events `search.*`, `trial.started`, `trial.progress` (a running "
+            "run's epoch, step and images/s, every few seconds), `trial.reported` (each "
+            "evaluated epoch), `trial.finished` until a final "
+            "`search.completed|failed|cancelled`",
             "content": {"text/event-stream": {"schema": EVENT_SCHEMA, "example": EXAMPLE}},
         },
         **problems(*AUTH_PROBLEMS, 404, 422),
