@@ -180,6 +180,37 @@ class Budget(Strict):
 class SearchSpec(Strict):
     """What to search: the body of ``POST /v1/searches`` and of ``hssl search run spec.yaml``."""
 
+    # the cross-field rules of ``_consistent`` in the JSON Schema too, so a schema-driven
+    # client never sends what the server must refuse (strategy absent = joint, the default)
+    model_config = ConfigDict(
+        **Strict.model_config,
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"strategy": {"const": "joint"}}},
+                    "then": {
+                        "properties": {"objectives": {"items": {"enum": list(LABEL_FREE)}}},
+                        "description": "a joint search ranks by label-free objectives only",
+                    },
+                },
+                {
+                    "if": {
+                        "properties": {"strategy": {"const": "calibrate"}},
+                        "required": ["strategy"],
+                    },
+                    "then": {
+                        "properties": {
+                            "objectives": {
+                                "maxItems": 1,
+                                "items": {"enum": list(PROBE_OBJECTIVES)},
+                            }
+                        }
+                    },
+                },
+            ]
+        },
+    )
+
     name: str | None = Field(None, max_length=80, description="study name; derived if absent")
     base: BaseModelSpec = Field(default_factory=BaseModelSpec)
     data: str = Field("animal-mnist", min_length=1, max_length=4096)

@@ -101,7 +101,14 @@ def list_searches(
     tenant: TenantDep,
     status: Annotated[Status | None, Query(description=f"one of {', '.join(STATUSES)}")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=512,
+            pattern=r"^[A-Za-z0-9_-]+={0,2}$",
+            description="the next_cursor of the previous page (opaque, URL-safe base64)",
+        ),
+    ] = None,
 ) -> SearchPage:
     with session_scope(engine_of(request)) as s:
         rows, next_cursor = store.list_searches(
