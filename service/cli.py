@@ -31,3 +31,26 @@ app.command(help="Run the HTTP API and its dispatcher (the embedded default runs
 app.command(help="Run a PostgreSQL worker (procrastinate); one per GPU, CUDA_VISIBLE_DEVICES.")(
     worker
 )
+
+
+def main() -> None:
+    """The console script: ``app`` with every usage error as one line (``error: ...``, exit
+    code 2) instead of a usage box; the commands' own failures are one line already
+    (``service.cli_train.fail_cleanly``). ``hssl`` or a group alone still prints its help."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # typer's (vendored click) usage errors
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(message.split())}{hint}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -26,13 +26,28 @@ def spec_error(exc: ValidationError) -> HSSLError:
     return HSSLError("invalid search spec: " + "; ".join(parts))
 
 
+def check_data(source: str) -> None:
+    """Refuse a data folder every run would fail on (DataError naming it) before any runs."""
+    from training.data.folder import scan_folder
+    from training.sources import BUILTIN_SOURCES
+
+    if source not in BUILTIN_SOURCES:
+        scan_folder(source)
+
+
 def load_spec(path: Path | None, overrides: dict[str, Any]):
     """The spec file (YAML/JSON) with the given flags applied on top."""
     from search.spec import SearchSpec
 
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(exc, "problem", None) or "it does not parse"
+            raise HSSLError(f"{path} is not valid YAML{at}: {problem}") from None
         if not isinstance(loaded, dict):
             raise HSSLError(f"{path} does not hold a mapping; expected a search spec")
         data = loaded
@@ -98,6 +113,7 @@ def run(
             "name": name,
         },
     )
+    check_data(spec.data)  # a missing or malformed folder: one line now, not N failed runs
     outcome = run_search(spec, data_dir, resume=resume, progress=progress, isolate=isolate)
     typer.echo(outcome.table)
     typer.echo(f"\nsearch {outcome.study}: {outcome.status}")
@@ -136,6 +152,7 @@ def calibrate(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = calibration_spec(spec_file, trials, probe)
+    check_data(spec.data)  # a missing or malformed folder: one line now, not N failed runs
     outcome = run_search(spec, data_dir, resume=resume, progress=progress, isolate=isolate)
     typer.echo(outcome.table)
     typer.echo(f"\ncalibration {outcome.study}: {outcome.status}")

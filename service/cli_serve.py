@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from service.cli_train import fail_cleanly
+
 Opt = typer.Option
 
 
@@ -18,6 +20,7 @@ def _logging() -> None:
     )
 
 
+@fail_cleanly
 def serve(
     host: Annotated[str, Opt(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, Opt(help="port to listen on")] = 8000,
@@ -68,6 +71,7 @@ class _Server(uvicorn.Server):
         logging.getLogger(__name__).info("dispatcher stopped")
 
 
+@fail_cleanly
 def worker(
     queue: Annotated[
         str | None, Opt(help="queue to take searches from (default HSSL_QUEUE)")
