@@ -35,4 +35,4 @@ done
 
 $hssl search submit examples/quickstart.yaml --idempotency-key quickstart-demo \
   --watch --download "$HSSL_DATA_DIR/recommendation.yaml"
-echo "optuna-dashboard: .venv/bin/optuna-dashboard sqlite:///$HSSL_DATA_DIR/optuna.sqlite3"
+echo "optuna-dashboard: .venv/bin/optuna-dashboard sqlite:///$HSSL_DATA_DIR/optuna.sqlite3 --artifact-dir $HSSL_DATA_DIR/artifacts"

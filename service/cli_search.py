@@ -119,7 +119,8 @@ def run(
     typer.echo(f"\nsearch {outcome.study}: {outcome.status}")
     for kind, path in outcome.files.items():
         typer.echo(f"{kind}: {path}")
-    typer.echo(f"dashboard: optuna-dashboard {outcome.storage}")
+    artifacts = Path(data_dir) / "artifacts"
+    typer.echo(f"dashboard: optuna-dashboard {outcome.storage} --artifact-dir {artifacts}")
     if "json" not in outcome.files:
         typer.echo("error: no candidate completed a run, so there is no recommendation", err=True)
         raise typer.Exit(1)
@@ -156,7 +157,8 @@ def calibrate(
     outcome = run_search(spec, data_dir, resume=resume, progress=progress, isolate=isolate)
     typer.echo(outcome.table)
     typer.echo(f"\ncalibration {outcome.study}: {outcome.status}")
-    typer.echo(f"dashboard: optuna-dashboard {outcome.storage}")
+    artifacts = Path(data_dir) / "artifacts"
+    typer.echo(f"dashboard: optuna-dashboard {outcome.storage} --artifact-dir {artifacts}")
     recipe = outcome.ranking.get("trial_overrides")
     if recipe is None:
         typer.echo("error: no trial ran without failing or collapsing (reasons above)", err=True)
