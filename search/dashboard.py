@@ -38,6 +38,9 @@ def note_markdown(study_name: str, report: dict[str, Any]) -> str:
         lines += [f"**Recommended head:** `{heads[0]['label']}`", ""]
     else:
         lines += ["**No recommendation:** no candidate completed a run.", ""]
+    signal = (ranking.get("signal") or {}).get("line")
+    if signal:  # the first thing to read: do the probes say anything beyond discrepancy?
+        lines += [f"> {signal}", ""]
     lines += ["## Ranking", "", "```", report.get("table", "").rstrip(), "```", ""]
     corr = ranking.get("correlations") or {}
     if corr:
