@@ -1,4 +1,4 @@
-"""The search's evidence as one PNG (spec §4, §10): discrepancy vs probe accuracy, and the ranking.
+"""The search's evidence as one PNG (method §4, §10): discrepancy vs probe accuracy, ranking.
 
 Left: each head's mean discrepancy against its mean probe accuracy, error bars = sample SD over
 seeds, the random-init floor dashed and the no-head baseline dotted, Spearman ρ over the heads'

@@ -1,4 +1,4 @@
-"""Ranking of candidate heads from their trial records (spec §4, §5, §10).
+"""Ranking of candidate heads from their trial records (method §4, §5, §10).
 
 :func:`summarize` turns each candidate's completed seeds into means and sample SDs per metric,
 the random-init floor of each probe and the gain over it. :func:`rank` orders heads by the
@@ -177,7 +177,7 @@ def correlations(
 
     Keys are ``"disc~acc"``; values ``{"rho", "ci": [lo, hi], "n"}`` over COMPLETE records
     with finite final values of both. ρ and its 95% bootstrap interval are NaN when there are
-    fewer than 3 such trials or a side is constant (spec §4: the paper's claim, per base).
+    fewer than 3 such trials or a side is constant (method §4: the paper's claim, per base).
     """
     done = [r for r in records if r.ok]
     out: dict[str, dict] = {}

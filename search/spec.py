@@ -1,7 +1,7 @@
 """The search specification: one pydantic model, also the body the REST API accepts.
 
 It names the base (a timm model at proxy scale), the data, the candidate heads (a grid over the
-head-spec knobs of spec §6–7, or an explicit list), the strategy, the budget, the objectives and
+head-spec knobs of method §6–7, or an explicit list), the strategy, the budget, the objectives and
 the seed. Validation errors name the field and what is allowed.
 """
 

@@ -1,8 +1,8 @@
-"""Small rank statistics for the search's evidence (spec §4, §10).
+"""Small rank statistics for the search's evidence (method §4, §10).
 
 The paper's central claim is that a larger base/head discrepancy makes a better base; the search
 checks it per base with Spearman's ρ between a discrepancy and a probe accuracy. Proxy runs give
-few heads and few seeds (spec §10: about 1.8 pp seed SD on k-NN), so ρ always comes with a
+few heads and few seeds (method §10: about 1.8 pp seed SD on k-NN), so ρ always comes with a
 bootstrap interval, and every mean with its sample SD. Pure numpy, no scipy, so the formulas
 are the ones the tests work out by hand.
 """

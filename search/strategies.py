@@ -1,4 +1,4 @@
-"""The search strategies (spec §5). Each writes its trials into the search's Optuna study.
+"""The search strategies (method §5). Each writes its trials into the search's Optuna study.
 
 - ``joint``: the paper's fast search — one proxy run per seed with every candidate attached to
   one base (1/K weighting), each head scored by its discrepancy.

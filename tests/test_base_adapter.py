@@ -1,4 +1,4 @@
-"""Contract of the base adapter (spec §2, §3) over timm families, at tiny proxy sizes."""
+"""Contract of the base adapter (method §2, §3) over timm families, at tiny proxy sizes."""
 
 from __future__ import annotations
 

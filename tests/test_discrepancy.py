@@ -1,4 +1,4 @@
-"""Tests of the discrepancy measures (spec §3, §4) against hand-computed values."""
+"""Tests of the discrepancy measures (method §3, §4) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from training.discrepancy import (
 from training.errors import HSSLError
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
-TS = 0.1  # student temperature of spec §3
+TS = 0.1  # student temperature of method §3
 
 
 def _logits(*scaled: float) -> torch.Tensor:

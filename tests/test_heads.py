@@ -1,4 +1,4 @@
-"""Contract of the auxiliary-head registry (spec §2, §6, §7)."""
+"""Contract of the auxiliary-head registry (method §2, §6, §7)."""
 
 from __future__ import annotations
 

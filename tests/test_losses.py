@@ -1,4 +1,4 @@
-"""The objective's terms against values worked out by hand on tiny tensors (spec §3)."""
+"""The objective's terms against values worked out by hand on tiny tensors (method §3)."""
 
 import math
 

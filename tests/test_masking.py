@@ -1,4 +1,4 @@
-"""iBOT block masking drawn per crop (spec §3)."""
+"""iBOT block masking drawn per crop (method §3)."""
 
 import math
 import random

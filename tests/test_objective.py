@@ -1,5 +1,5 @@
 """The HSSL objective over network outputs: targets, K heads, baseline, DINO variant, gradient
-paths (spec §3, §5)."""
+paths (method §3, §5)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Tests of the k-NN and linear probes (spec §8) against hand-worked examples."""
+"""Tests of the k-NN and linear probes (method §8) against hand-worked examples."""
 
 from __future__ import annotations
 

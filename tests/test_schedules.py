@@ -1,4 +1,4 @@
-"""Schedules (spec §3, §9) against hand-computed values."""
+"""Schedules (method §3, §9) against hand-computed values."""
 
 import numpy as np
 import pytest

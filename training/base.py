@@ -1,4 +1,4 @@
-"""Base adapter: any timm model as the HSSL base, with masking and a token map (spec §2, §3).
+"""Base adapter: any timm model as the HSSL base, with masking and a token map (method §2, §3).
 
 The adapter wraps the timm model unchanged (``self.model``, created with ``num_classes=0``), so
 its state_dict is exactly timm's and the pre-trained base exports without conversion. It adds
@@ -28,7 +28,7 @@ from training.timm_build import build_timm_model
 
 
 class BaseOutput(NamedTuple):
-    """One base forward pass (spec §2).
+    """One base forward pass (method §2).
 
     ``global_``: B x C global feature (final-norm [CLS] for ViTs, the model's own pooled pre-logits
     features otherwise). ``tokens``: B x N x C patch tokens for the iBOT masked-patch loss
@@ -42,7 +42,7 @@ class BaseOutput(NamedTuple):
 
 
 class BaseAdapter(nn.Module):
-    """A timm model plus a mask parameter, returning :class:`BaseOutput` (spec §2, §3).
+    """A timm model plus a mask parameter, returning :class:`BaseOutput` (method §2, §3).
 
     Attributes: ``model`` (the timm model), ``embed_dim`` (C), ``grid`` ((H, W) of the token map
     and of the mask), ``depth`` (blocks, to continue the drop-path schedule into the head),
@@ -151,7 +151,7 @@ class BaseAdapter(nn.Module):
             token_map = feats[:, self._prefix :].transpose(1, 2).reshape(batch, -1, h, w)
         if self._global_from_head:
             global_ = self.model.forward_head(feats, pre_logits=True).flatten(1)
-        else:  # pre-logits width differs from C (e.g. MobileNetV3's conv_head): GAP (spec §2)
+        else:  # pre-logits width differs from C (e.g. MobileNetV3's conv_head): GAP (method §2)
             global_ = token_map.mean(dim=(2, 3))
         tokens = token_map.flatten(2).transpose(1, 2)
         return BaseOutput(global_, tokens, token_map.contiguous())
@@ -176,7 +176,7 @@ def _count_blocks(model: nn.Module) -> int:
 
 
 def create_base(spec: BaseSpec) -> BaseAdapter:
-    """Build the timm model for ``spec`` (pretrained=False) and wrap it (spec §2, §9).
+    """Build the timm model for ``spec`` (pretrained=False) and wrap it (method §2, §9).
 
     Raises :class:`~training.errors.SpecError` for an unknown name (with close matches) or an
     override the model does not take (naming both, and what the model does take).

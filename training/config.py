@@ -17,7 +17,7 @@ POOLINGS = ("avg", "max")
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One auxiliary head (spec §2, §6, §7).
+    """One auxiliary head (method §2, §6, §7).
 
     ``width_ratio`` is the hidden width over the base width: the MLP ratio for convnext,
     transformer, mlp and pool blocks (default 4), the bottleneck ratio for resnet (default 0.25).

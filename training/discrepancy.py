@@ -1,17 +1,17 @@
-"""Architecture discrepancy between a base and an auxiliary head (spec §3, §4).
+"""Architecture discrepancy between a base and an auxiliary head (method §3, §4).
 
 Two label-free measures, both taken on held-out images:
 
-* **Loss discrepancy** (spec §4): the held-out base ← head cross-entropy ``L_cls1`` of spec §3,
+* **Loss discrepancy** (method §4): the held-out base ← head cross-entropy ``L_cls1`` of method §3,
   i.e. how hard it is for the base to predict the head's sharpened, centred targets. Raw
   ``D_loss`` is dominated by the entropy ``H(Ta)`` of the head's targets and can rank heads
   backwards, so heads are ranked by ``D_kl = D_loss - H(Ta)``, the mean KL divergence from the
   head target to the base prediction; all three numbers are reported.
-* **CKA discrepancy** (spec §4): ``1 - linear CKA`` of base and head global features on a fixed
+* **CKA discrepancy** (method §4): ``1 - linear CKA`` of base and head global features on a fixed
   probe set.
 
 The building blocks (:func:`target_probs`, :func:`cross_entropy`, :func:`entropy`) are the
-spec §3 formulas and stay differentiable, so the objective can reuse them; the aggregate
+method §3 formulas and stay differentiable, so the objective can reuse them; the aggregate
 measures return plain floats.
 """
 
@@ -35,7 +35,7 @@ class DegenerateFeaturesError(HSSLError, ValueError):
 
 
 def target_probs(teacher_logits: Tensor, center: Tensor, temperature: float) -> Tensor:
-    """Centred, sharpened teacher targets ``softmax((logits - center) / T)`` (spec §3, ``Ta``).
+    """Centred, sharpened teacher targets ``softmax((logits - center) / T)`` (method §3, ``Ta``).
 
     Args:
         teacher_logits: ``(..., K)`` raw teacher logits.
@@ -73,7 +73,7 @@ def cross_entropy(target: Tensor, student_logits: Tensor, temperature: float) ->
 
 
 def entropy(p: Tensor) -> Tensor:
-    """Per-sample Shannon entropy ``-Σ_k p_k log p_k`` in nats, with ``0 log 0 = 0`` (spec §4).
+    """Per-sample Shannon entropy ``-Σ_k p_k log p_k`` in nats, with ``0 log 0 = 0`` (method §4).
 
     ``torch.xlogy`` gives exactly 0 for ``p_k = 0``, so one-hot targets have entropy 0 rather
     than NaN. Summed over the last dimension: ``(..., K)`` → ``(...)``.
@@ -84,11 +84,11 @@ def entropy(p: Tensor) -> Tensor:
 def loss_discrepancy(
     head_targets: Sequence[Tensor], base_logits: Sequence[Tensor], student_temp: float
 ) -> dict[str, float]:
-    """Loss discrepancy ``D_loss``, target entropy ``H_target`` and ``D_kl`` (spec §3, §4).
+    """Loss discrepancy ``D_loss``, target entropy ``H_target`` and ``D_kl`` (method §3, §4).
 
     ``head_targets[q]`` are the head's target probabilities for view ``q`` (already centred and
     sharpened, e.g. by :func:`target_probs`); ``base_logits[v]`` are the base student's logits
-    for view ``v``. As in the L_cls1 term of spec §3, only cross-view pairs ``q != v`` count:
+    for view ``v``. As in the L_cls1 term of method §3, only cross-view pairs ``q != v`` count:
 
         D_loss   = mean over pairs (q, v) of mean_batch H(target_q, softmax(base_v / τs))
         H_target = mean over the same pairs of mean_batch entropy(target_q)
@@ -165,7 +165,7 @@ def loss_discrepancy(
 
 
 def linear_cka(x: Tensor, y: Tensor) -> float:
-    """Linear centred kernel alignment of two feature sets on the same samples (spec §4).
+    """Linear centred kernel alignment of two feature sets on the same samples (method §4).
 
     With ``X`` (n x d1) and ``Y`` (n x d2) column-centred,
 
@@ -218,7 +218,7 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 
 
 def cka_discrepancy(x: Tensor, y: Tensor) -> float:
-    """``D_cka = 1 - linear_cka(x, y)`` (spec §4): 0 for the same representation, → 1 for unrelated.
+    """``D_cka = 1 - linear_cka(x, y)`` (method §4): 0 for one representation, → 1 unrelated.
 
     Raises the same errors as :func:`linear_cka`.
     """

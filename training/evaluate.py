@@ -1,5 +1,5 @@
-"""Evaluation of a run: probes on frozen teacher-base features (spec §8) and the label-free
-discrepancies of every head (spec §4), on held-out images in eval mode with fixed views."""
+"""Evaluation of a run: probes on frozen teacher-base features (method §8) and the label-free
+discrepancies of every head (method §4), on held-out images in eval mode with fixed views."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def discrepancy_metrics(
 ) -> list[dict[str, float]]:
     """Per head: D_loss (held-out L_cls1: teacher head target vs student base prediction over
     the fixed views), H(target), D_kl = D_loss − H(target), and D_cka between the teacher's base
-    and head global features (spec §4)."""
+    and head global features (method §4)."""
     results = []
     for k in range(len(teacher_views[0].heads)):
         center = objective.global_centers[k].float().cpu()

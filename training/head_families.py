@@ -1,4 +1,4 @@
-"""What each head family is and which :class:`HeadSpec` fields it uses (spec §6, §7).
+"""What each head family is and which :class:`HeadSpec` fields it uses (method §6, §7).
 
 ``list_heads()`` is what the CLI and API show a user choosing candidate heads for a search;
 it is derived from one table so the docs cannot drift from :mod:`training.heads.blocks`.

@@ -1,4 +1,4 @@
-"""The HSSL objective's terms as pure functions (spec §3, [code]).
+"""The HSSL objective's terms as pure functions (method §3, [code]).
 
 Views are given as sequences (one tensor per global view). Targets are teacher probabilities
 (``target_probs``: centred, sharpened by τt); student inputs are raw logits (sharpened by τs).
@@ -83,7 +83,7 @@ def weighted_total(
     lambda_cls: float = 1.0,
     lambda_mim: float = 1.0,
 ) -> Tensor:
-    """L = λcls·(0.5·(1/K)Σk L_cls1^k + 0.5·(1/K)Σk L_cls2^k) + λmim·L_mim  (spec §3, §5).
+    """L = λcls·(0.5·(1/K)Σk L_cls1^k + 0.5·(1/K)Σk L_cls2^k) + λmim·L_mim  (method §3, §5).
 
     With one head this is the paper's 0.5·L_cls1 + 0.5·L_cls2 + L_mim; the baseline passes its
     single [CLS] loss as ``cls1`` and nothing as ``cls2`` (weight 1 on it, as in plain iBOT).

@@ -1,4 +1,4 @@
-"""iBOT/BEiT block masking, drawn per crop (spec §3).
+"""iBOT/BEiT block masking, drawn per crop (method §3).
 
 Each view independently gets no mask (probability ``1 - prob``) or a target ratio drawn from
 U(low, high). Blocks of area at least ``(min(H, W) // 3) ** 2`` with a log-uniform aspect ratio in

@@ -1,4 +1,4 @@
-"""The HSSL network: base + K auxiliary heads + projectors + one shared prototype layer (spec §2).
+"""The HSSL network: base + K auxiliary heads + projectors + one shared prototype layer (method §2).
 
 Student and teacher are two instances of :class:`HSSLNetwork`; the teacher is an EMA copy with
 drop-path off and no gradients (see ``training.teacher``).
@@ -18,7 +18,7 @@ from training.heads import create_head
 
 
 class Projector(nn.Module):
-    """3-layer MLP in → hidden → hidden → bottleneck with GELU, then L2 normalisation (spec §2).
+    """3-layer MLP in → hidden → hidden → bottleneck with GELU, then L2 normalisation (method §2).
 
     ``use_bn`` puts a BatchNorm after each hidden Linear (the ``use_bn`` option of DINO's and
     iBOT's projection heads; off in the authors' HSSL runs). Measured (method §11): it keeps the
@@ -48,7 +48,7 @@ class Projector(nn.Module):
 
 
 class Prototypes(nn.Module):
-    """The shared weight-normalised prototype layer bottleneck → K, gain fixed to 1 (spec §2).
+    """The shared weight-normalised prototype layer bottleneck → K, gain fixed to 1 (method §2).
 
     Equal to ``weight_norm(Linear(bias=False))`` with g = 1 and frozen: each prototype row is
     L2-normalised in the forward pass. One instance serves the base's [CLS] and patch tokens and
@@ -80,7 +80,7 @@ class HSSLNetwork(nn.Module):
 
     ``head_input`` picks what the heads read: the base's pre-norm token map (``prenorm``, the
     paper's choice for ViTs) or its normed patch tokens (``postnorm``). ``head_sees_mask``
-    (spec §6): the student heads read the masked views (default) or, at the cost of a second
+    (method §6): the student heads read the masked views (default) or, at the cost of a second
     base pass, the unmasked ones.
     """
 
@@ -162,6 +162,6 @@ def _as_map(tokens: Tensor, like: Tensor) -> Tensor:
 
 
 def _continued_drop_path(rate: float, base_depth: int, spec: HeadSpec) -> list[float]:
-    """Head blocks continue the base's linear drop-path schedule (spec §2)."""
+    """Head blocks continue the base's linear drop-path schedule (method §2)."""
     total = base_depth + spec.depth
     return [rate * (base_depth + i) / max(total - 1, 1) for i in range(spec.depth)]

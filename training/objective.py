@@ -1,8 +1,8 @@
-"""The HSSL objective over network outputs: targets, centring, K heads (spec §3, §5).
+"""The HSSL objective over network outputs: targets, centring, K heads (method §3, §5).
 
 - HSSL: every head's teacher global output is the target of the student base's [CLS]
   (L_cls1, base ← head) and of the student head itself (L_cls2, head ← head); with K heads each
-  term is averaged over heads (1/K weighting, the joint search of spec §5).
+  term is averaged over heads (1/K weighting, the joint search of method §5).
 - Baseline (no head): the teacher base's [CLS] is the target of the student base's [CLS].
 - ``masking=False`` is the DINO-style variant: no masked-patch term.
 - ``global_targets="sinkhorn"`` [recon option] replaces centre + softmax for the global terms

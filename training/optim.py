@@ -1,4 +1,4 @@
-"""Optimiser pieces of the iBOT recipe (spec §3, §9): AdamW groups without weight decay on
+"""Optimiser pieces of the iBOT recipe (method §3, §9): AdamW groups without weight decay on
 biases and 1-D tensors, per-tensor gradient clipping, and the prototype-layer freeze."""
 
 from __future__ import annotations

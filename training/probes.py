@@ -1,4 +1,4 @@
-"""Probe accuracies of frozen features (spec §8).
+"""Probe accuracies of frozen features (method §8).
 
 The quality of a pre-trained base is read off its frozen teacher-base features with two probes:
 
@@ -52,7 +52,7 @@ def knn_classify(
     temperature: float = 0.07,
     chunk: int = 1024,
 ) -> Tensor:
-    """Predict test labels by a temperature-weighted k-NN vote over a feature bank (spec §8).
+    """Predict test labels by a temperature-weighted k-NN vote over a feature bank (method §8).
 
     The DINO/iBOT weighted k-NN: features are L2-normalised, so the dot product is the cosine
     similarity; each test point takes its ``k`` most similar bank entries (``k`` is capped at the
@@ -132,7 +132,7 @@ def knn_accuracy(
     k: int = 20,
     temperature: float = 0.07,
 ) -> float:
-    """Top-1 accuracy in [0, 1] of :func:`knn_classify` on a labelled test set (spec §8).
+    """Top-1 accuracy in [0, 1] of :func:`knn_classify` on a labelled test set (method §8).
 
     Raises:
         ValueError: as :func:`knn_classify`, or if the test set is empty or its labels do not
@@ -163,7 +163,7 @@ def linear_probe(
     max_iter: int = 100,
     seed: int = 0,
 ) -> float:
-    """Test accuracy in [0, 1] of a linear classifier on frozen features (spec §8).
+    """Test accuracy in [0, 1] of a linear classifier on frozen features (method §8).
 
     Features are standardised with the **train** mean and standard deviation (a column that is
     constant on the train set is only centred, not divided by ~0). A multinomial logistic

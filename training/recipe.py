@@ -1,7 +1,7 @@
 """The trial recipe (``TrialConfig``) and its outcome (``TrialResult``).
 
 A proxy trial keeps the HSSL loss, masking, EMA teacher and head design of the paper and shrinks
-sizes and schedules (spec §9–10). Defaults are the proxy scale measured on 2 CPU cores; the
+sizes and schedules (method §9–10). Defaults are the proxy scale measured on 2 CPU cores; the
 paper's full recipe is ``TrialConfig.paper(...)``.
 """
 
@@ -45,10 +45,10 @@ SIZE_LIMITS = {  # (low, high) of the fields that size the networks, banks and l
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything one HSSL run needs. ``heads=()`` is the plain-iBOT baseline (spec §3).
+    """Everything one HSSL run needs. ``heads=()`` is the plain-iBOT baseline (method §3).
 
     ``variant="dino"`` turns masking and the patch loss off (the DINO-style variant).
-    Several heads train at once with the 1/K weighting of spec §5 (the joint search).
+    Several heads train at once with the 1/K weighting of method §5 (the joint search).
     """
 
     base: BaseSpec = field(default_factory=lambda: BaseSpec(patch_size=4, depth=4, width=128))
@@ -89,7 +89,7 @@ class TrialConfig:
     # loss weights: L = lambda_cls * (0.5 L_cls1 + 0.5 L_cls2) + lambda_mim * L_mim
     lambda_cls: float = 1.0
     lambda_mim: float = 1.0
-    # discrepancy-enlarging knobs (spec §6)
+    # discrepancy-enlarging knobs (method §6)
     head_input: str = "prenorm"
     head_sees_mask: bool = True
     # evaluation
@@ -201,7 +201,7 @@ class TrialConfig:
 
     @classmethod
     def paper(cls, base: BaseSpec, heads: tuple[HeadSpec, ...], epochs: int = 100, **kw: Any):
-        """The published ViT-B recipe (spec §9): use for full pre-training, not proxies."""
+        """The published ViT-B recipe (method §9): use for full pre-training, not proxies."""
         recipe: dict[str, Any] = dict(
             lr=7.5e-4,
             min_lr=2e-6,

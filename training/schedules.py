@@ -1,5 +1,5 @@
-"""Per-iteration schedules (spec §9): cosine lr with linear warm-up, cosine weight decay, cosine
-EMA momentum towards 1, and the teacher temperature warm-up stepped per epoch (spec §3)."""
+"""Per-iteration schedules (method §9): cosine lr with linear warm-up, cosine weight decay, cosine
+EMA momentum towards 1, and the teacher temperature warm-up stepped per epoch (method §3)."""
 
 from __future__ import annotations
 

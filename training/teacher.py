@@ -1,4 +1,4 @@
-"""The EMA teacher (spec §2): same architecture as the student, no gradients, no drop-path,
+"""The EMA teacher (method §2): same architecture as the student, no gradients, no drop-path,
 updated as θt ← m·θt + (1 − m)·θs after every student step."""
 
 from __future__ import annotations

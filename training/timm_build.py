@@ -1,6 +1,6 @@
-"""Turn a :class:`~training.config.BaseSpec` into ``timm.create_model`` kwargs (spec §2, §9).
+"""Turn a :class:`~training.config.BaseSpec` into ``timm.create_model`` kwargs (method §2, §9).
 
-Proxy trials shrink the base (spec §9: e.g. ViT depth 4, width 128, patch 4 on 32 px), so the
+Proxy trials shrink the base (method §9: e.g. ViT depth 4, width 128, patch 4 on 32 px), so the
 spec's overrides are mapped onto constructor arguments. What a model accepts is read from its
 class signature, found by building the default model on the ``meta`` device (no memory, no
 weights); an override it does not take is a :class:`SpecError` naming both, never a silent

@@ -1,12 +1,12 @@
-"""The five auxiliary-head block families (spec §2, §7), built from timm layers.
+"""The five auxiliary-head block families (method §2, §7), built from timm layers.
 
 Every block maps a B x C x H x W token map to one of the same shape. ``residual=False`` is the
-paper's "first block without residual connection" (spec §2, §6), defined here as: **no
+paper's "first block without residual connection" (method §2, §6), defined here as: **no
 identity path from the block's input to its output**. One-residual blocks (convnext, resnet,
 mlp) drop their residual; two-residual blocks (transformer, pool) drop the token mixer's
 residual, so the MLP's residual adds the mixer output, not the block input. DropPath is applied
 only on branches that have a residual (dropping a branch with no identity path would zero the
-whole sample). No layer-scale anywhere (spec §2).
+whole sample). No layer-scale anywhere (method §2).
 """
 
 from __future__ import annotations

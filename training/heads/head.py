@@ -17,7 +17,7 @@ from training.heads.blocks import BLOCKS
 
 
 class AuxHead(nn.Module):
-    """Auxiliary head for one :class:`HeadSpec` (spec §2, §6, §7).
+    """Auxiliary head for one :class:`HeadSpec` (method §2, §6, §7).
 
     ``blocks[i]`` is built with ``drop_path_rates[i]``; block 0 has no identity path when
     ``spec.first_residual`` is False (see :mod:`training.heads.blocks` for the definition).
