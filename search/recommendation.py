@@ -72,6 +72,11 @@ def commands(spec: SearchSpec) -> dict[str, str]:
             f'--rdzv-endpoint $MASTER_HOST:29500 "$(which hssl)" train {base}'
         ),
         "export": f"hssl export runs/{spec.base.name}-hssl/checkpoint.pt --out base.safetensors",
+        # the paper's number: MAE's fine-tuning recipe on the pre-trained base (8 GPUs x 128)
+        "finetune": (
+            'torchrun --standalone --nproc-per-node 8 "$(which hssl)" finetune --recipe mae '
+            f"--init base.safetensors --data {spec.data} --out runs/{spec.base.name}-finetune"
+        ),
     }
 
 

@@ -6,6 +6,7 @@ import typer
 
 from service import cli_remote  # noqa: F401  (registers the remote search commands)
 from service.cli_admin import keys_app, migrate, tenants_app
+from service.cli_finetune import finetune
 from service.cli_search import search_app
 from service.cli_serve import serve, worker
 from service.cli_train import export, heads, train
@@ -18,6 +19,10 @@ app = typer.Typer(
 )
 app.command(help="Run HSSL (or plain-iBOT) pre-training and print its metrics as JSON.")(train)
 app.command(help="Export a run's pre-trained base as timm-loadable safetensors.")(export)
+app.command(
+    help="Fine-tune a pre-trained base (an export, a run folder, a timm checkpoint or none) "
+    "with timm's parts and print its top-1/top-5 as JSON."
+)(finetune)
 app.command(help="List the auxiliary head families and their options.")(heads)
 app.add_typer(search_app, name="search")
 app.command(

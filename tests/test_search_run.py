@@ -64,6 +64,9 @@ def test_recommendation_round_trip_builds_the_head(tmp_path):
     assert rec["data"]["sha256"] and rec["data"]["images"] == 1000
     assert "hssl train --config recommendation.yaml" in rec["commands"]["train"]
     assert rec["commands"]["torchrun"].startswith("torchrun")
+    finetune = rec["commands"]["finetune"]  # the paper's number: MAE's recipe on the export
+    assert "finetune --recipe mae --init base.safetensors" in finetune
+    assert rec["quality_signal"].startswith("quality signal:")
     config = load_config_file(outcome.files["yaml"])  # what `hssl train --config` reads
     assert config.heads[0].label() == rec["head_label"] and config.base.img_size == 224
     head = create_head(config.heads[0], 32)
