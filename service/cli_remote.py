@@ -54,6 +54,9 @@ def ranking_lines(ranking: dict[str, Any]) -> list[str]:
         knn = _pm(mean.get("knn_cls"), sd.get("knn_cls"))
         rank = row.get("rank") or "-"
         lines.append(f"{rank!s:<5}{row['label']:<28}{cells}{knn} (floor {_fmt(floor)})")
+    signal = (ranking.get("signal") or {}).get("line")
+    if signal:  # whether the probes say anything beyond discrepancy
+        lines.append(signal)
     return lines
 
 

@@ -79,3 +79,15 @@ def test_heads_lists_every_family():
     assert proc.returncode == 0
     names = [entry["name"] for entry in json.loads(proc.stdout)]
     assert names == ["convnext", "resnet", "transformer", "mlp", "pool"]
+
+
+def test_the_remote_ranking_ends_with_the_quality_signal_line():
+    from service.cli_remote import ranking_lines
+
+    row = {"rank": 1, "label": "mlp-d1-nores", "mean": {"d_kl": 0.2, "knn_cls": 0.4}}
+    row |= {"sd": {"d_kl": 0.01, "knn_cls": 0.02}, "floor": {"knn_cls": 0.39}}
+    line = "quality signal: none yet — ranked on discrepancy alone (a single seed)"
+    lines = ranking_lines({"objectives": ["d_kl"], "heads": [row], "signal": {"line": line}})
+    assert lines[1].startswith("1    mlp-d1-nores") and "(floor 0.390)" in lines[1]
+    assert lines[-1] == line
+    assert ranking_lines({"objectives": ["d_kl"], "heads": [row]})[-1] == lines[1]
