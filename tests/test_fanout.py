@@ -132,10 +132,16 @@ def test_a_worker_killed_mid_run_loses_only_its_run(two_workers):
     dispatcher.submitted(sid, settings.queue)
     wait_for(lambda: len(running_jobs(settings, sid)) == 2, 240, what="two runs at once")
     victim, survivor = procs
-    killed_job = next(
-        j for j in job_rows(settings, sid) if j.worker and j.worker.split(":")[2] == str(victim.pid)
+    killed_job = next(  # the victim's shard running now (it may have finished others before)
+        j
+        for j in job_rows(settings, sid)
+        if j.status == "running" and j.worker and j.worker.split(":")[2] == str(victim.pid)
     )
-    killed_unit = next(r.unit for r in run_rows(settings, sid) if r.job_id == killed_job.id)
+    killed_unit = next(
+        r.unit
+        for r in run_rows(settings, sid)
+        if r.job_id == killed_job.id and r.status == "running"
+    )
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     status = wait_for(lambda: final_status(settings, sid), timeout=600, what=str(log_path))
