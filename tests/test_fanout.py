@@ -53,6 +53,15 @@ def reports(settings: Settings, sid: uuid.UUID) -> int:
     return len({d["run"] for k, d in events(settings, sid) if k == "trial.reported"})
 
 
+def training_now(settings: Settings, sid: uuid.UUID) -> int:
+    """Runs claimed by a running shard that have reported an epoch."""
+    jobs = running_jobs(settings, sid)
+    units = [r.unit for r in run_rows(settings, sid) if r.status == "running" and r.job_id in jobs]
+    names = {"{}-{}".format(*u.split(":")[1:]) for u in units}  # independent:<label>:s<seed>
+    reported = {d["run"] for k, d in events(settings, sid) if k == "trial.reported"}
+    return len(names & reported)
+
+
 def overlapping(rows) -> bool:
     """Did two claimed runs execute at the same time?"""
     spans = sorted((r.started_at, r.finished_at) for r in rows if r.finished_at)
@@ -130,7 +139,9 @@ def test_a_worker_killed_mid_run_loses_only_its_run(two_workers):
     settings, procs, dispatcher, log_path = two_workers
     sid = new_search(settings, tiny(strategy="independent", budget={"epochs": 6}))
     dispatcher.submitted(sid, settings.queue)
-    wait_for(lambda: len(running_jobs(settings, sid)) == 2, 240, what="two runs at once")
+    # both runs training (each reported an epoch), so the victim's run has a RUNNING trial; a
+    # shard killed between its claim and its trial would leave nothing to reconcile
+    wait_for(lambda: training_now(settings, sid) == 2, 240, what="two runs training at once")
     victim, survivor = procs
     killed_job = next(  # the victim's shard running now (it may have finished others before)
         j
