@@ -108,6 +108,68 @@ def test_vit_token_map_is_pre_norm(case: str) -> None:
     assert not torch.allclose(out.token_map, post_norm_map)
 
 
+def previous_vit_forward(
+    base: BaseAdapter, x: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The adapter's ViT path before it used ``forward_intermediates`` (issue 14), kept here as
+    the reference: mask token after ``patch_embed``, timm's private ``_pos_embed``, the blocks
+    by hand, pre-norm token map."""
+    m = base.model
+    t = m.patch_embed(x)
+    if mask is not None:
+        t = torch.where(mask.reshape(*t.shape[:-1], 1), base.mask_token.to(t.dtype), t)
+    t = m.norm_pre(m._pos_embed(t))
+    for block in m.blocks:
+        t = block(t)
+    normed, prefix = m.norm(t), m.num_prefix_tokens
+    global_ = normed[:, 0] if m.cls_token is not None else m.forward_head(normed, pre_logits=True)
+    c, (h, w) = base.embed_dim, base.grid
+    return global_, normed[:, prefix:], t[:, prefix:].transpose(1, 2).reshape(len(x), c, h, w)
+
+
+GAP_REGISTERS = BaseSpec(  # no [CLS] (global = timm's pooled head input), two register tokens
+    "vit_tiny_patch16_224",
+    **VIT,
+    drop_path_rate=0.0,
+    extra={"class_token": False, "global_pool": "avg", "reg_tokens": 2},
+)
+
+
+@pytest.mark.parametrize("case", ["vit", "deit", "deit_distilled", "gap_registers"])
+@pytest.mark.parametrize("training", [False, True])
+def test_vit_forward_equals_the_previous_implementation(case: str, training: bool) -> None:
+    """forward_intermediates + the patch_embed hook give bit-identical outputs to the old path,
+    masked and not; unmasked, tokens and global also equal timm's own forward_features."""
+    if case == "gap_registers":
+        torch.manual_seed(0)
+        base = create_base(GAP_REGISTERS)
+    else:
+        base = adapter(case)
+    base.train(training)
+    x, mask = inputs(base)
+    try:
+        with torch.no_grad():
+            for m in (None, mask):
+                got, expected = base(x, m), previous_vit_forward(base, x, m)
+                for name, a, b in zip(BaseOutput._fields, got, expected, strict=True):
+                    assert torch.equal(a, b), (name, m is not None)
+            feats = base.model.forward_features(x)
+            plain = base(x)  # the hook of the masked call is gone
+            model, prefix = base.model, base.model.num_prefix_tokens
+            assert torch.equal(plain.tokens, feats[:, prefix:])
+            pooled = model.forward_head(feats, pre_logits=True)
+            cls_or_pooled = feats[:, 0] if model.cls_token is not None else pooled
+            assert torch.equal(plain.global_, cls_or_pooled)
+    finally:
+        base.eval()
+
+
+def test_vit_patch_dropout_is_a_spec_error() -> None:
+    """forward_intermediates applies patch dropout; masked modelling needs every token."""
+    with pytest.raises(SpecError, match="patch_drop_rate must be 0"):
+        create_base(BaseSpec("vit_tiny_patch16_224", **VIT, extra={"patch_drop_rate": 0.5}))
+
+
 def test_cnn_global_is_model_pre_logits_or_gap() -> None:
     resnet = adapter("resnet").eval()
     x, _ = inputs(resnet)

@@ -1,10 +1,10 @@
 """The trial loop end to end on tiny synthetic data: completes, reports, stops, fails cleanly,
-resumes exactly."""
+resumes exactly, and logs one JSON line per epoch."""
 
 import pytest
 import torch
 
-from training import checkpoint
+from training import checkpoint, runlog
 from training.config import BaseSpec, HeadSpec
 from training.loop import run_trial
 from training.recipe import TrialConfig
@@ -101,3 +101,45 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     run_trial(TINY.with_(epochs=1, linear_probe=False), output_dir=tmp_path)
     result = run_trial(TINY.with_(epochs=1, linear_probe=False, seed=5), output_dir=tmp_path)
     assert result.status == "failed" and "another configuration" in result.reason
+
+
+def without_timing(lines: list[dict]) -> list[dict]:
+    return [{k: v for k, v in line.items() if k not in runlog.TIMING_FIELDS} for line in lines]
+
+
+def test_log_has_a_line_per_epoch_with_schedules_timing_and_diagnostics(tmp_path):
+    result = run_trial(TINY, output_dir=tmp_path)
+    log = runlog.read(tmp_path / runlog.FILENAME)
+    assert [line["epoch"] for line in log] == [0, 1, 2]
+    assert "knn_cls" in log[0] and "loss" not in log[0]  # the floor, before any training
+    for line, record in zip(log[1:], result.history, strict=True):
+        assert without_timing([line]) == [record]  # the history record, plus timing
+        assert line["images_per_s"] > 0 and line["epoch_time_s"] > 0
+        for key in ("loss", "lr", "wd", "teacher_temp", "target_entropy", "target_spread"):
+            assert key in line, key
+    assert log[1]["lr"] != log[2]["lr"]  # the schedule's value at each epoch's last step
+
+
+def test_resumed_log_equals_an_uninterrupted_runs_without_duplicates(tmp_path):
+    """Cut after epoch 1 (checkpointed); then, as if killed after logging epoch 2 but before
+    checkpointing it, a stale epoch-2 line and a torn line follow. The resumed log holds each
+    epoch once and matches the uninterrupted run's, up to the timing fields."""
+    run_trial(TINY, output_dir=tmp_path / "a")
+    run_trial(TINY, lambda epoch, m: epoch >= 1, output_dir=tmp_path / "b")
+    path = tmp_path / "b" / runlog.FILENAME
+    cut = runlog.read(path)
+    assert [line["epoch"] for line in cut] == [0, 1]
+    with path.open("a") as fh:
+        fh.write('{"epoch": 2, "loss": 123.0}\n{"epoch": 3, "lo')
+    assert run_trial(TINY, output_dir=tmp_path / "b").status == "completed"
+    straight, resumed = runlog.read(tmp_path / "a" / runlog.FILENAME), runlog.read(path)
+    assert [line["epoch"] for line in resumed] == [0, 1, 2]
+    assert resumed[:2] == cut  # lines of checkpointed epochs are kept as written
+    assert without_timing(resumed[:2]) == without_timing(straight[:2])
+    expected, got = without_timing(straight[2:])[0], without_timing(resumed[2:])[0]
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+        else:
+            assert got[key] == value, key

@@ -7,14 +7,20 @@ one learnable mask parameter and returns three views of one forward pass (:class
 * ViT family (timm ``VisionTransformer`` and subclasses, e.g. DeiT, distilled DeiT) [code]:
   masked patch embeddings are replaced by a learnable mask token (zeros init, as iBOT) after
   ``patch_embed`` and before the position embedding; the token map is the last block's patch
-  tokens **before** the final norm; ``global_`` is the final-norm [CLS].
+  tokens **before** the final norm; ``global_`` is the final-norm [CLS]. One call of timm's
+  public ``forward_intermediates`` gives both; the mask token goes in through a forward hook on
+  the ``patch_embed`` module, the one place between patch embedding and position embedding.
 * Every other family (CNNs, Swin, EVA, ...) [recon]: the token-grid mask is upsampled to pixels
   (nearest) and masked pixels are replaced by a learnable per-channel value; the token map is
   the output of ``forward_features`` (NCHW, NHWC or prefix+patch tokens, reshaped to the grid).
+  ``forward_intermediates`` is not used there: its last intermediate stops before what several
+  families append in ``forward_features`` (ConvNeXt's ``norm_pre``, EfficientNet's conv head,
+  Swin's final norm), so it would change the token map.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -118,25 +124,23 @@ class BaseAdapter(nn.Module):
     def _forward_vit(self, x: Tensor, mask: Tensor | None) -> BaseOutput:
         """iBOT-style: mask token before the position embedding; pre-norm token map.
 
-        ``patch_drop`` is skipped on purpose: masked modelling needs every patch token.
+        timm's ``forward_intermediates`` with the last block as the one intermediate returns the
+        final-norm tokens (prefix included) and the last block's pre-norm patch tokens as NCHW.
         """
         m = self.model
-        t = m.patch_embed(x)  # B x N x C, or B x H x W x C with dynamic_img_size
+        hook = None
         if mask is not None:
-            where = mask.reshape(*t.shape[:-1], 1)
-            t = torch.where(where, self.mask_token.to(t.dtype), t)
-        t = m.norm_pre(m._pos_embed(t))
-        for block in m.blocks:
-            t = block(t)
-        prefix = m.num_prefix_tokens
-        normed = m.norm(t)
+            hook = m.patch_embed.register_forward_hook(partial(_put_mask_token, self, mask))
+        try:
+            normed, (token_map,) = m.forward_intermediates(x, indices=1, output_fmt="NCHW")
+        finally:
+            if hook is not None:
+                hook.remove()
         if m.cls_token is not None:
             global_ = normed[:, 0]
         else:
             global_ = m.forward_head(normed, pre_logits=True)
-        batch, (h, w) = x.shape[0], self.grid
-        token_map = t[:, prefix:].transpose(1, 2).reshape(batch, self.embed_dim, h, w)
-        return BaseOutput(global_, normed[:, prefix:], token_map)
+        return BaseOutput(global_, normed[:, m.num_prefix_tokens :], token_map)
 
     def _forward_other(self, x: Tensor, mask: Tensor | None) -> BaseOutput:
         """[recon] pixel masking with a learnable per-channel value; tokens = forward_features."""
@@ -157,6 +161,12 @@ class BaseAdapter(nn.Module):
         return BaseOutput(global_, tokens, token_map.contiguous())
 
 
+def _put_mask_token(base: BaseAdapter, mask: Tensor, _module, _args, tokens: Tensor) -> Tensor:
+    """Forward hook on ``patch_embed``: masked patch embeddings become the mask token (iBOT)."""
+    where = mask.reshape(*tokens.shape[:-1], 1)  # tokens: B x N x C, or B x H x W x C (dynamic)
+    return torch.where(where, base.mask_token.to(tokens.dtype), tokens)
+
+
 def _count_blocks(model: nn.Module) -> int:
     """Blocks in the base, for continuing its drop-path schedule into the head.
 
@@ -167,7 +177,7 @@ def _count_blocks(model: nn.Module) -> int:
         return len(model.blocks)
     count = 0
     for module in model.modules():
-        names = list(vars(module)) + list(module._modules)
+        names = list(vars(module)) + [name for name, _ in module.named_children()]
         if any(name.startswith("drop_path") for name in names):
             count += 1
     if count == 0:
@@ -178,10 +188,16 @@ def _count_blocks(model: nn.Module) -> int:
 def create_base(spec: BaseSpec) -> BaseAdapter:
     """Build the timm model for ``spec`` (pretrained=False) and wrap it (method §2, §9).
 
-    Raises :class:`~training.errors.SpecError` for an unknown name (with close matches) or an
-    override the model does not take (naming both, and what the model does take).
+    Raises :class:`~training.errors.SpecError` for an unknown name (with close matches), an
+    override the model does not take (naming both, and what the model does take), or a ViT
+    with patch dropout (which timm's ``forward_intermediates`` would apply in training).
     """
     model, kwargs = build_timm_model(spec)
+    if isinstance(model, VisionTransformer) and not isinstance(model.patch_drop, nn.Identity):
+        raise SpecError(
+            f"base model {spec.name!r}: extra.patch_drop_rate must be 0, since masked modelling "
+            "reads every patch token"
+        )
     try:
         return BaseAdapter(spec, model, kwargs)
     except (RuntimeError, ValueError, AssertionError) as exc:

@@ -118,6 +118,33 @@ def loss_discrepancy(
         ValueError: on empty inputs, fewer base views than target views, shape mismatches,
             targets that are not probability rows, or a non-positive temperature.
     """
+    _check_views(head_targets, base_logits, student_temp)
+    with torch.no_grad():
+        targets = [t.detach().to(torch.float64) for t in head_targets]
+        logits = [s.detach().to(torch.float64) for s in base_logits]
+        _check_probability_rows(targets)
+        pairs = _cross_view_pairs(len(targets), len(logits))
+        target_entropy = [entropy(t).mean() for t in targets]
+        d_loss = torch.stack(
+            [cross_entropy(targets[q], logits[v], student_temp).mean() for q, v in pairs]
+        ).mean()
+        h_target = torch.stack([target_entropy[q] for q, _ in pairs]).mean()
+    d_loss_f, h_target_f = d_loss.item(), h_target.item()
+    return {"d_loss": d_loss_f, "h_target": h_target_f, "d_kl": d_loss_f - h_target_f}
+
+
+def _cross_view_pairs(n_targets: int, n_students: int) -> list[tuple[int, int]]:
+    """Every (target view q, student view v) with q != v; ``[(0, 0)]`` when there is none
+    (one view each), as :func:`loss_discrepancy` documents."""
+    pairs = [(q, v) for q in range(n_targets) for v in range(n_students) if q != v]
+    return pairs or [(0, 0)]
+
+
+def _check_views(
+    head_targets: Sequence[Tensor], base_logits: Sequence[Tensor], student_temp: float
+) -> None:
+    """Raise ``ValueError`` unless the views are non-empty (B, K) tensors of one shape, with at
+    least as many base views as target views, and the temperature is positive."""
     if not student_temp > 0:
         raise ValueError(f"student_temp must be > 0, got {student_temp}")
     n_t, n_s = len(head_targets), len(base_logits)
@@ -139,29 +166,16 @@ def loss_discrepancy(
                     f"head_targets[0]"
                 )
 
-    with torch.no_grad():
-        targets = [t.detach().to(torch.float64) for t in head_targets]
-        logits = [s.detach().to(torch.float64) for s in base_logits]
-        for q, t in enumerate(targets):
-            if bool((t < 0).any()) or not torch.allclose(
-                t.sum(dim=-1), torch.ones((), dtype=torch.float64), atol=1e-3
-            ):
-                raise ValueError(
-                    f"head_targets[{q}] rows must be probabilities (non-negative, summing to "
-                    f"1); pass target_probs(...) output, not logits"
-                )
 
-        pairs = [(q, v) for q in range(n_t) for v in range(n_s) if q != v]
-        if not pairs:  # one target view and one base view: fall back to the same view
-            pairs = [(0, 0)]
-        target_entropy = [entropy(t).mean() for t in targets]
-        d_loss = torch.stack(
-            [cross_entropy(targets[q], logits[v], student_temp).mean() for q, v in pairs]
-        ).mean()
-        h_target = torch.stack([target_entropy[q] for q, _ in pairs]).mean()
-
-    d_loss_f, h_target_f = d_loss.item(), h_target.item()
-    return {"d_loss": d_loss_f, "h_target": h_target_f, "d_kl": d_loss_f - h_target_f}
+def _check_probability_rows(targets: Sequence[Tensor]) -> None:
+    """Raise ``ValueError`` unless every row is non-negative and sums to 1 (to 1e-3)."""
+    one = torch.ones((), dtype=torch.float64)
+    for q, t in enumerate(targets):
+        if bool((t < 0).any()) or not torch.allclose(t.sum(dim=-1), one, atol=1e-3):
+            raise ValueError(
+                f"head_targets[{q}] rows must be probabilities (non-negative, summing to "
+                f"1); pass target_probs(...) output, not logits"
+            )
 
 
 def linear_cka(x: Tensor, y: Tensor) -> float:

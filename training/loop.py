@@ -8,7 +8,6 @@ per-tensor clipping, prototype freeze, step, EMA, centre update. Each epoch rese
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -19,19 +18,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from training import runlog
 from training.data import iterate_batches
 from training.errors import HSSLError, TrainingError
 from training.masking import sample_masks
 from training.optim import clip_per_tensor, freeze_prototypes, set_schedules
 from training.recipe import TrialConfig, TrialResult
 from training.runtime import is_out_of_memory, peak_memory_mb, seed_everything
-from training.session import Session, build_session, evaluate_session
+from training.session import Session, build_session
+from training.session_eval import evaluate_session
 
 Report = Callable[[int, dict[str, Any]], bool]
 OnStep = Callable[[dict[str, Any]], None]
 PROGRESS_EVERY_S = 5.0  # on_step: at most this often within an epoch, and at each epoch's end
-# one JSON line per epoch (losses; probes and collapse diagnostics when evaluated); 0 = init
-LOG_NAME = "metrics.jsonl"
 
 
 def run_trial(
@@ -48,7 +47,8 @@ def run_trial(
     return value stops the run (status ``stopped``), which is how a pruner cuts a trial short.
     A non-finite loss, running out of memory or an unusable data set/spec end the trial with
     status ``failed`` and a reason, never an exception into the caller. With ``output_dir`` a
-    checkpoint is written after every epoch and an existing one is resumed. ``on_step``
+    checkpoint is written every ``checkpoint_every`` epochs, an existing one is resumed, and
+    ``log.jsonl`` gets one line per epoch (:mod:`training.runlog`). ``on_step``
     hears where training is inside an epoch (epoch, epochs, step, steps, images/s) every
     PROGRESS_EVERY_S seconds and at each epoch's end, on the main rank.
     """
@@ -78,6 +78,7 @@ def _train(
     on_step: OnStep | None = None,
 ) -> TrialResult:
     cfg = s.config
+    _restart_log(s)
     if s.start_epoch == 0 and cfg.eval_at_init:
         s.init_metrics = evaluate_session(s, epoch=0, final=False, linear=cfg.linear_probe)
         _log(s, {"epoch": 0, **s.init_metrics})
@@ -86,21 +87,16 @@ def _train(
     images_seen, train_time = 0, 0.0
     for epoch in range(s.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        losses = train_one_epoch(s, epoch, progress, on_step)
-        train_time += time.perf_counter() - t0
-        images_seen += s.steps_per_epoch * cfg.batch_size * s.runtime.world_size
-        last = epoch + 1 == cfg.epochs
-        record: dict[str, Any] = {"epoch": epoch + 1, **losses}
-        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            record.update(
-                evaluate_session(s, epoch + 1, final=last, linear=last and cfg.linear_probe)
-            )
+        record, seconds = _epoch(s, epoch, progress, on_step)
+        images = s.steps_per_epoch * cfg.batch_size * s.runtime.world_size
+        images_seen, train_time = images_seen + images, train_time + seconds
         s.history.append(record)
-        _log(s, record)
+        _log(s, {**record, **_timing(images, seconds, t0)})
         s.epochs_done = epoch + 1
+        last = epoch + 1 == cfg.epochs
         if s.checkpoint_path and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
             s.save_checkpoint()
-        speed = images_seen / max(train_time, 1e-9)
+        speed = _per_s(images_seen, train_time)
         if _report(s, report, epoch + 1, record) and not last:
             return _result(s, "stopped", started, speed)
         collapsed = _collapsed_for(s.history, cfg.stop_on_collapse)
@@ -109,7 +105,46 @@ def _train(
                 f"collapsed: {collapsed} targets at {cfg.stop_on_collapse} evaluations in a row"
             )
             return _result(s, "stopped", started, speed, reason)
-    return _result(s, "completed", started, images_seen / max(train_time, 1e-9))
+    return _result(s, "completed", started, _per_s(images_seen, train_time))
+
+
+def _epoch(
+    s: Session, epoch: int, progress: bool, on_step: OnStep | None
+) -> tuple[dict[str, Any], float]:
+    """Train epoch ``epoch`` (0-based) and evaluate it when due: its history record (loss
+    terms, the schedules' values at its last step, metrics) and its training seconds."""
+    cfg = s.config
+    t0 = time.perf_counter()
+    losses = train_one_epoch(s, epoch, progress, on_step)
+    seconds = time.perf_counter() - t0
+    record: dict[str, Any] = {"epoch": epoch + 1, **losses, **_schedule_values(s, epoch)}
+    last = epoch + 1 == cfg.epochs
+    if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+        record.update(evaluate_session(s, epoch + 1, final=last, linear=last and cfg.linear_probe))
+    return record, seconds
+
+
+def _schedule_values(s: Session, epoch: int) -> dict[str, float]:
+    """lr and weight decay of the epoch's last step, and its teacher temperature."""
+    step = (epoch + 1) * s.steps_per_epoch - 1
+    return {
+        "lr": float(s.schedules.lr[step]),
+        "wd": float(s.schedules.wd[step]),
+        "teacher_temp": float(s.schedules.teacher_temp[epoch]),
+    }
+
+
+def _per_s(images: int, seconds: float) -> float:
+    return images / max(seconds, 1e-9)
+
+
+def _timing(images: int, train_seconds: float, t0: float) -> dict[str, float]:
+    """The log's timing fields (``runlog.TIMING_FIELDS``): the epoch's training throughput and
+    its wall time since ``t0``, evaluation included."""
+    return {
+        "images_per_s": round(_per_s(images, train_seconds), 1),
+        "epoch_time_s": round(time.perf_counter() - t0, 3),
+    }
 
 
 def train_one_epoch(
@@ -213,12 +248,18 @@ def _report(s: Session, report: Report | None, epoch: int, metrics: dict[str, An
     return s.broadcast_flag(stop)
 
 
-def _log(s: Session, record: dict[str, Any]) -> None:
-    """Append one epoch's record to ``metrics.jsonl`` beside the checkpoint (rank 0)."""
-    if s.checkpoint_path and s.runtime.main:
-        s.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        with (s.checkpoint_path.parent / LOG_NAME).open("a") as fh:
-            fh.write(json.dumps(record, default=float) + "\n")
+def _restart_log(s: Session) -> None:
+    """Cut ``log.jsonl`` back to the epochs the checkpoint holds (nothing for a fresh run), so
+    a resumed run never logs an epoch twice (rank 0)."""
+    if s.log_path and s.runtime.main:
+        init = [{"epoch": 0, **s.init_metrics}] if s.init_metrics else []
+        runlog.restart(s.log_path, [*init, *s.history])
+
+
+def _log(s: Session, line: dict[str, Any]) -> None:
+    """Append one line to ``log.jsonl`` beside the checkpoint (rank 0)."""
+    if s.log_path and s.runtime.main:
+        runlog.append(s.log_path, line)
 
 
 def _collapsed_for(history: list[dict[str, Any]], patience: int) -> str | None:

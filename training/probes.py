@@ -42,6 +42,14 @@ def _check_features_labels(
         )
 
 
+def _check_same_width(train_features: Tensor, test_features: Tensor) -> None:
+    if test_features.shape[1] != train_features.shape[1]:
+        raise ValueError(
+            f"train and test features differ in width: {train_features.shape[1]} vs "
+            f"{test_features.shape[1]}"
+        )
+
+
 def knn_classify(
     train_features: Tensor,
     train_labels: Tensor,
@@ -85,6 +93,32 @@ def knn_classify(
         ValueError: on bad shapes, an empty bank, labels out of range, or non-positive
             ``k``, ``temperature``, ``chunk`` or ``num_classes``.
     """
+    _check_knn_args(train_features, train_labels, test_features, num_classes, k, temperature, chunk)
+    device = train_features.device
+    with torch.no_grad():
+        bank = F.normalize(train_features.detach().float(), dim=1)
+        bank_labels = train_labels.detach().to(device=device, dtype=torch.long)
+        k_eff = min(k, bank.shape[0])
+        predictions = []
+        for start in range(0, test_features.shape[0], chunk):
+            block = test_features[start : start + chunk].detach().to(device).float()
+            votes = _knn_votes(block, bank, bank_labels, k_eff, temperature, num_classes)
+            predictions.append(votes.argmax(dim=1))
+        if not predictions:
+            return torch.empty(0, dtype=torch.long, device=device)
+        return torch.cat(predictions)
+
+
+def _check_knn_args(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+    chunk: int,
+) -> None:
+    """Raise ``ValueError`` unless :func:`knn_classify` can run on these arguments."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if k < 1:
@@ -97,29 +131,19 @@ def knn_classify(
     _check_features_labels(test_features, None, num_classes, "test")
     if train_features.shape[0] == 0:
         raise ValueError("the k-NN feature bank is empty (0 training features)")
-    if test_features.shape[1] != train_features.shape[1]:
-        raise ValueError(
-            f"train and test features differ in width: {train_features.shape[1]} vs "
-            f"{test_features.shape[1]}"
-        )
+    _check_same_width(train_features, test_features)
 
-    device = train_features.device
-    with torch.no_grad():
-        bank = F.normalize(train_features.detach().float(), dim=1)
-        bank_labels = train_labels.detach().to(device=device, dtype=torch.long)
-        k_eff = min(k, bank.shape[0])
-        predictions = []
-        for start in range(0, test_features.shape[0], chunk):
-            block = test_features[start : start + chunk].detach().to(device).float()
-            sims = F.normalize(block, dim=1) @ bank.T  # (b, n_train) cosine similarities
-            top_sims, top_idx = sims.topk(k_eff, dim=1)  # sorted, so column 0 is the max
-            weights = ((top_sims - top_sims[:, :1]) / temperature).exp()
-            scores = torch.zeros(block.shape[0], num_classes, device=device)
-            scores.scatter_add_(1, bank_labels[top_idx], weights)
-            predictions.append(scores.argmax(dim=1))
-        if not predictions:
-            return torch.empty(0, dtype=torch.long, device=device)
-        return torch.cat(predictions)
+
+def _knn_votes(
+    block: Tensor, bank: Tensor, bank_labels: Tensor, k: int, temperature: float, num_classes: int
+) -> Tensor:
+    """Summed ``exp((sim - max sim) / T)`` votes per class, ``(b, num_classes)``, of the ``k``
+    most similar bank rows for each row of ``block`` (``bank`` is L2-normalised)."""
+    sims = F.normalize(block, dim=1) @ bank.T  # (b, n_train) cosine similarities
+    top_sims, top_idx = sims.topk(k, dim=1)  # sorted, so column 0 is the max
+    weights = ((top_sims - top_sims[:, :1]) / temperature).exp()
+    scores = torch.zeros(block.shape[0], num_classes, device=bank.device)
+    return scores.scatter_add_(1, bank_labels[top_idx], weights)
 
 
 def knn_accuracy(
@@ -194,6 +218,37 @@ def linear_probe(
     Raises:
         ValueError: on bad shapes, empty sets, labels out of range, or bad hyper-parameters.
     """
+    _check_linear_args(
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        num_classes,
+        weight_decay,
+        max_iter,
+    )
+    device, dtype = train_features.device, torch.float64
+    x_train, x_test = _standardise(
+        train_features.detach().to(dtype), test_features.detach().to(device=device, dtype=dtype)
+    )
+    y_train = train_labels.detach().to(device=device, dtype=torch.long)
+    y_test = test_labels.detach().to(device=device, dtype=torch.long)
+    weight, bias = _fit_logistic(x_train, y_train, num_classes, weight_decay, max_iter, seed)
+    with torch.no_grad():
+        predicted = (x_test @ weight + bias).argmax(dim=1)
+        return (predicted == y_test).double().mean().item()
+
+
+def _check_linear_args(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    weight_decay: float,
+    max_iter: int,
+) -> None:
+    """Raise ``ValueError`` unless :func:`linear_probe` can run on these arguments."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if weight_decay < 0:
@@ -207,32 +262,29 @@ def linear_probe(
             f"linear probe needs non-empty train and test sets, got {train_features.shape[0]} "
             f"train and {test_features.shape[0]} test rows"
         )
-    if test_features.shape[1] != train_features.shape[1]:
-        raise ValueError(
-            f"train and test features differ in width: {train_features.shape[1]} vs "
-            f"{test_features.shape[1]}"
-        )
+    _check_same_width(train_features, test_features)
 
-    device = train_features.device
-    dtype = torch.float64
-    x_train = train_features.detach().to(dtype)
-    x_test = test_features.detach().to(device=device, dtype=dtype)
-    y_train = train_labels.detach().to(device=device, dtype=torch.long)
-    y_test = test_labels.detach().to(device=device, dtype=torch.long)
 
+def _standardise(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
+    """Both sets scaled by the train mean and standard deviation; a column constant on the train
+    set (std 0 up to rounding, relative to its value) is only centred."""
     mean = x_train.mean(dim=0)
     std = x_train.std(dim=0, unbiased=False)
-    # A constant column has std 0 up to rounding (relative to its value): leave it unscaled.
-    constant = std <= 1e-7 * mean.abs().clamp_min(torch.finfo(dtype).tiny)
+    constant = std <= 1e-7 * mean.abs().clamp_min(torch.finfo(x_train.dtype).tiny)
     std = torch.where(constant, torch.ones_like(std), std)
-    x_train = (x_train - mean) / std
-    x_test = (x_test - mean) / std
+    return (x_train - mean) / std, (x_test - mean) / std
 
+
+def _fit_logistic(
+    x: Tensor, y: Tensor, num_classes: int, weight_decay: float, max_iter: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """``(W, b)`` minimising mean cross-entropy of ``softmax(x W + b)`` + ``wd / 2 ||W||²`` by
+    full-batch L-BFGS (strong Wolfe), from small seeded initial weights."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    n_train, dim = x_train.shape
-    init = torch.randn(dim, num_classes, generator=generator, dtype=dtype) * 0.01
-    weight = init.to(device).requires_grad_(True)
-    bias = torch.zeros(num_classes, dtype=dtype, device=device, requires_grad=True)
+    n, dim = x.shape
+    init = torch.randn(dim, num_classes, generator=generator, dtype=x.dtype) * 0.01
+    weight = init.to(x.device).requires_grad_(True)
+    bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -243,24 +295,20 @@ def linear_probe(
         line_search_fn="strong_wolfe",
     )
     # The gradient is written out by hand rather than taken by autograd: autograd's
-    # ``x_train.T @ g`` on the transposed view is several times slower on CPU than a product
-    # with a contiguous copy of the transpose, and this product dominates each L-BFGS step.
-    x_train_t = x_train.T.contiguous()
-    one_hot = F.one_hot(y_train, num_classes).to(dtype)
+    # ``x.T @ g`` on the transposed view is several times slower on CPU than a product with a
+    # contiguous copy of the transpose, and this product dominates each L-BFGS step.
+    x_t = x.T.contiguous()
+    one_hot = F.one_hot(y, num_classes).to(x.dtype)
 
     def closure() -> Tensor:
         with torch.no_grad():
-            logits = x_train @ weight + bias
-            log_probs = logits.log_softmax(dim=1)
-            loss = -(log_probs * one_hot).sum() / n_train
+            log_probs = (x @ weight + bias).log_softmax(dim=1)
+            loss = -(log_probs * one_hot).sum() / n
             loss = loss + 0.5 * weight_decay * weight.pow(2).sum()
-            residual = (log_probs.exp() - one_hot) / n_train  # d mean-CE / d logits
-            weight.grad = x_train_t @ residual + weight_decay * weight
+            residual = (log_probs.exp() - one_hot) / n  # d mean-CE / d logits
+            weight.grad = x_t @ residual + weight_decay * weight
             bias.grad = residual.sum(dim=0)
         return loss
 
     optimizer.step(closure)
-
-    with torch.no_grad():
-        predicted = (x_test @ weight + bias).argmax(dim=1)
-        return (predicted == y_test).double().mean().item()
+    return weight.detach(), bias.detach()

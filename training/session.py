@@ -1,7 +1,7 @@
 """A run's assembled state: data, student/teacher, objective, optimiser, schedules, checkpoint.
 
 ``build_session`` turns a :class:`TrialConfig` into everything the loop needs (and resumes from
-a checkpoint); ``evaluate_session`` runs the probes and discrepancies on it.
+a checkpoint); ``training.session_eval.evaluate_session`` runs the probes and discrepancies on it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training import checkpoint
+from training import checkpoint, runlog
 from training.data import ImageSet, TwoCropAugment, num_batches, open_dataset
 from training.errors import DataError, HSSLError
-from training.evaluate import collapse_metrics, discrepancy_metrics, embed_set, probe_metrics
-from training.floor import pixel_probes, recalibrate_bn
 from training.network import HSSLNetwork
 from training.objective import HSSLObjective
 from training.optim import param_groups
@@ -29,8 +27,6 @@ from training.recipe import TrialConfig
 from training.runtime import Runtime, resolve, seed_everything
 from training.schedules import cosine_schedule, lr_for_batch, teacher_temperature
 from training.teacher import ema_update, make_teacher
-
-PATCH_DIAGNOSTIC_IMAGES = 256  # held-out images whose patch targets the diagnostics read
 
 
 @dataclass
@@ -66,6 +62,11 @@ class Session:
     def grid(self) -> tuple[int, int]:
         return self.network.base.grid
 
+    @property
+    def log_path(self) -> Path | None:
+        """The per-epoch ``log.jsonl`` beside the checkpoint (:mod:`training.runlog`)."""
+        return self.checkpoint_path.parent / runlog.FILENAME if self.checkpoint_path else None
+
     def ema(self, momentum: float) -> None:
         ema_update(self.teacher, self.network, momentum)
 
@@ -99,6 +100,8 @@ def _plain(data: Any) -> Any:
 
 
 def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session:
+    """Everything a run needs, built from ``config`` in a fixed order (the seeded global random
+    state is drawn by the network's initialisation); resumes from ``output_dir``'s checkpoint."""
     runtime = resolve(config.device, config.precision)
     seed_everything(config.seed)
     train_set, heldout_set = open_dataset(
@@ -108,6 +111,39 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         heldout=config.heldout,
         limit=config.data_limit,
     )
+    network = _network(config, runtime)
+    teacher = make_teacher(network)
+    objective = _objective(config).to(runtime.device)
+    optimizer = torch.optim.AdamW(param_groups(network), lr=0.0, weight_decay=config.weight_decay)
+    steps = _steps_per_epoch(config, train_set, runtime.world_size)
+    session = Session(
+        config=config,
+        runtime=runtime,
+        train_set=train_set,
+        heldout_set=heldout_set,
+        student=_distributed(network, config, runtime),
+        network=network,
+        teacher=teacher,
+        objective=objective,
+        optimizer=optimizer,
+        augment=TwoCropAugment(config.base.img_size),
+        schedules=_schedules(config, steps, runtime.world_size),
+        steps_per_epoch=steps,
+        channels_last=_channels_last(runtime),
+        checkpoint_path=Path(output_dir) / checkpoint.FILENAME if output_dir else None,
+    )
+    if session.checkpoint_path and session.checkpoint_path.exists():
+        _resume(session, checkpoint.load(session.checkpoint_path))
+    return session
+
+
+def _channels_last(runtime: Runtime) -> bool:
+    return runtime.device.type == "cuda"
+
+
+def _network(config: TrialConfig, runtime: Runtime) -> HSSLNetwork:
+    """The student on the run's device: SyncBatchNorm under multi-GPU DDP, channels-last on
+    CUDA."""
     network = HSSLNetwork(
         config.base,
         config.heads,
@@ -120,11 +156,13 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
     ).to(runtime.device)
     if runtime.world_size > 1 and runtime.device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # BN over the global batch
-    channels_last = runtime.device.type == "cuda"
-    if channels_last:
+    if _channels_last(runtime):
         network = network.to(memory_format=torch.channels_last)
-    teacher = make_teacher(network)
-    objective = HSSLObjective(
+    return network
+
+
+def _objective(config: TrialConfig) -> HSSLObjective:
+    return HSSLObjective(
         len(config.heads),
         config.out_dim,
         student_temp=config.student_temp,
@@ -134,40 +172,29 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         lambda_mim=config.lambda_mim,
         global_targets=config.global_targets,
         koleo_weight=config.koleo_weight,
-    ).to(runtime.device)
-    optimizer = torch.optim.AdamW(param_groups(network), lr=0.0, weight_decay=config.weight_decay)
-    steps = num_batches(train_set, config.batch_size, drop_last=True, world_size=runtime.world_size)
+    )
+
+
+def _steps_per_epoch(config: TrialConfig, train_set: ImageSet, world_size: int) -> int:
+    """Full batches per epoch and process; a data set with none is a :class:`DataError`."""
+    steps = num_batches(train_set, config.batch_size, drop_last=True, world_size=world_size)
     if steps == 0:
         raise DataError(
             f"data set {config.data!r} has {len(train_set)} training images: fewer than "
             f"one batch of {config.batch_size} per process; lower batch_size"
         )
-    student: nn.Module = network
-    if runtime.world_size > 1:
-        student = DistributedDataParallel(
-            network,
-            device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-            find_unused_parameters=not config.masking,
-        )
-    session = Session(
-        config=config,
-        runtime=runtime,
-        train_set=train_set,
-        heldout_set=heldout_set,
-        student=student,
-        network=network,
-        teacher=teacher,
-        objective=objective,
-        optimizer=optimizer,
-        augment=TwoCropAugment(config.base.img_size),
-        schedules=_schedules(config, steps, runtime.world_size),
-        steps_per_epoch=steps,
-        channels_last=channels_last,
-        checkpoint_path=Path(output_dir) / checkpoint.FILENAME if output_dir else None,
+    return steps
+
+
+def _distributed(network: HSSLNetwork, config: TrialConfig, runtime: Runtime) -> nn.Module:
+    """The network DDP-wrapped under torchrun, else itself."""
+    if runtime.world_size == 1:
+        return network
+    return DistributedDataParallel(
+        network,
+        device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+        find_unused_parameters=not config.masking,
     )
-    if session.checkpoint_path and session.checkpoint_path.exists():
-        _resume(session, checkpoint.load(session.checkpoint_path))
-    return session
 
 
 def _schedules(cfg: TrialConfig, steps: int, world_size: int) -> Schedules:
@@ -195,68 +222,3 @@ def _resume(s: Session, state: dict[str, Any]) -> None:
     s.start_epoch = s.epochs_done = int(state["epoch"])
     s.history = list(state["history"])
     s.init_metrics = dict(state["init_metrics"])
-
-
-def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> dict[str, Any]:
-    """Probes on the teacher base, collapse diagnostics and per-head discrepancies (rank 0
-    computes, all wait). At initialisation (epoch 0) BN statistics are first recalibrated and
-    the raw-pixel reference is measured: the honest floor (``training.floor``)."""
-    cfg, rt = s.config, s.runtime
-    metrics: dict[str, Any] = {}
-    if rt.main:
-        size = cfg.base.img_size
-        kw = dict(img_size=size, batch_size=256, device=rt.device, autocast=rt.autocast())
-        if epoch == 0 and cfg.recalibrate_bn:
-            for net in (s.teacher, s.network):
-                recalibrate_bn(net, s.train_set, img_size=size, device=rt.device)
-        bank = embed_set(s.teacher, s.train_set, limit=cfg.eval_bank_limit, **kw)
-        query = embed_set(s.teacher, s.heldout_set, patch_limit=PATCH_DIAGNOSTIC_IMAGES, **kw)
-        metrics.update(
-            probe_metrics(
-                bank,
-                query,
-                num_classes=len(s.train_set.classes),
-                k=cfg.knn_k,
-                temperature=cfg.knn_temperature,
-                linear=linear,
-                seed=cfg.seed,
-            )
-        )
-        if epoch == 0 and cfg.pixel_reference:
-            metrics.update(
-                pixel_probes(
-                    s.train_set,
-                    s.heldout_set,
-                    img_size=size,
-                    k=cfg.knn_k,
-                    temperature=cfg.knn_temperature,
-                    linear=linear,
-                    seed=cfg.seed,
-                    bank_limit=cfg.eval_bank_limit,
-                )
-            )
-        temp = float(s.schedules.teacher_temp[min(epoch, cfg.epochs - 1)])
-        diagnostics = collapse_metrics(query, s.objective, teacher_temp=temp)
-        head_rows = diagnostics.pop("head_rows", [])
-        metrics.update(diagnostics)
-        if cfg.heads:
-            teacher_views = [query, embed_set(s.teacher, s.heldout_set, flip=True, **kw)]
-            student_views = [
-                embed_set(s.network, s.heldout_set, flip=f, **kw) for f in (False, True)
-            ]
-            rows = discrepancy_metrics(
-                teacher_views,
-                student_views,
-                s.objective,
-                teacher_temp=temp,
-                student_temp=cfg.student_temp,
-            )
-            metrics["heads"] = [
-                {"head": h.label(), **row, **diag}
-                for h, row, diag in zip(cfg.heads, rows, head_rows, strict=True)
-            ]
-            if len(rows) == 1:
-                metrics.update(rows[0])
-    if rt.world_size > 1:
-        dist.barrier()
-    return metrics
