@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from tests.api_helpers import (
     live_server,
     spec,
 )
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -133,26 +135,46 @@ def test_events_in_order_resume_after_last_event_id_and_end(submitted):
 
 
 def test_events_arrive_live_with_pings_until_the_final_one(submitted):
+    """Each step waits for what the client has received, not for time to pass: a ping on the
+    open stream, then an event added after that arrives while the stream stays open, then the
+    final one ends the stream."""
     api, http, sid = submitted
     api.app.state.sse_poll_s = 0.05
     api.app.state.sse_ping_s = 0.2
-    lines: list[str] = []
+    lines: list[str] = []  # appended by the reader thread as they arrive
+    failed: list[BaseException] = []
 
-    def worker():
-        time.sleep(0.6)
-        api.set_status(sid, "running")
-        api.add_event(sid, "trial.finished", {"number": 0, "state": "COMPLETE"})
-        time.sleep(0.3)
-        api.set_status(sid, "cancelled")
+    def read() -> None:
+        try:
+            with http.stream("GET", f"/v1/searches/{sid}/events", timeout=20) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+        except BaseException as exc:  # re-raised by the test thread
+            failed.append(exc)
 
-    thread = threading.Thread(target=worker)
-    thread.start()
+    def received(line: str) -> Callable[[], bool]:
+        def check() -> bool:
+            if failed:
+                raise failed[0]
+            return line in lines
+
+        return check
+
+    reader = threading.Thread(target=read, daemon=True)
     started = time.monotonic()
-    with http.stream("GET", f"/v1/searches/{sid}/events", timeout=20) as r:
-        lines = list(r.iter_lines())
-    thread.join()
+    reader.start()
+    wait_until(received("event: search.queued"), 15, "the stream to send the queued event")
+    wait_until(received(": ping"), 15, "a ping while nothing happens")
+    api.set_status(sid, "running")
+    api.add_event(sid, "trial.finished", {"number": 0, "state": "COMPLETE"})
+    wait_until(received("event: trial.finished"), 15, "trial.finished to arrive live")
+    assert reader.is_alive(), "the stream ended before the final event"
+    api.set_status(sid, "cancelled")
+    reader.join(15)
+    assert not reader.is_alive(), "the stream stayed open after the final event"
+    if failed:
+        raise failed[0]
     assert time.monotonic() - started < 15
-    assert ": ping" in lines
     kinds = [e.kind for e in parse_sse(iter(lines))]
     assert kinds == ["search.queued", "search.running", "trial.finished", "search.cancelled"]
 

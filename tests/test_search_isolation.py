@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,33 +14,28 @@ import yaml
 from PIL import Image
 
 from search.run import run_search
+from search.runner import last_child
 from tests.cli_helpers import BIN, run
 from tests.net_helpers import free_port
-from tests.process_helpers import children
 from tests.search_helpers import TINY_SEARCH, tiny
-
-
-def kill_first_child(stop: threading.Event) -> None:
-    """Play the OOM killer: SIGKILL the first trial process this test starts."""
-    while not stop.is_set():
-        for pid in children(os.getpid()):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-                time.sleep(1.0)  # let it get going
-                os.kill(pid, signal.SIGKILL)
-                return
-        time.sleep(0.05)
+from tests.waiting import wait_until
 
 
 def test_a_killed_trial_fails_with_a_reason_and_the_search_completes(tmp_path):
-    stop = threading.Event()
-    killer = threading.Thread(target=kill_first_child, args=(stop,), daemon=True)
-    killer.start()
+    """Play the OOM killer: SIGKILL the first trial's process at its first report. The child
+    then waits for the answer to that report, so it is mid-run for certain (neither still
+    importing nor already done), and ``last_child`` (this thread's) is that process."""
+    killed: list[int] = []
+
+    def on_event(kind: str, data: dict) -> None:
+        child = last_child()
+        if kind == "trial.reported" and not killed and child is not None:
+            os.kill(child.pid, signal.SIGKILL)
+            killed.append(child.pid)
+
     spec = tiny(strategy="independent", space={"heads": ["mlp:depth=1", "convnext:depth=1"]})
-    try:
-        outcome = run_search(spec, tmp_path, progress=False, isolate=True)
-    finally:
-        stop.set()
+    outcome = run_search(spec, tmp_path, progress=False, isolate=True, on_event=on_event)
+    assert len(killed) == 1, "no trial reported, so none was killed"
     rows = {r["label"]: r for r in outcome.ranking["heads"]}
     assert rows["mlp-d1-nores"]["n"] == 0 and rows["mlp-d1-nores"]["failed"] == 1
     assert "SIGKILL" in rows["mlp-d1-nores"]["failure_reasons"][0]
@@ -91,15 +84,17 @@ def test_optuna_dashboard_opens_the_search_study(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def studies_listed() -> dict | None:
+        assert server.poll() is None, f"optuna-dashboard exited with {server.returncode}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as resp:
+                return json.loads(resp.read())
+        except OSError:  # not listening yet
+            return None
+
     try:
-        deadline, body = time.time() + 60, None
-        while time.time() < deadline and body is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as resp:
-                    body = json.loads(resp.read())
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "optuna-dashboard did not answer"
+        body = wait_until(studies_listed, 60, "optuna-dashboard to list the studies", every=0.2)
         studies = {s["study_name"]: s for s in body["study_summaries"]}
         assert "dash" in studies and len(studies["dash"]["directions"]) == 2
         url = f"http://127.0.0.1:{port}/api/studies/{studies['dash']['study_id']}"
