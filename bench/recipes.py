@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.ranking import plain_json  # noqa: E402
+from search.plain import plain_json  # noqa: E402
 from training.loop import run_trial  # noqa: E402
 from training.recipe import TrialConfig  # noqa: E402
 

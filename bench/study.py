@@ -47,8 +47,9 @@ from study_analysis import (  # bench/ is on the path: this file runs as a scrip
     simulate_stop,
 )
 
+from search.plain import plain_json
 from search.plot import plot_search
-from search.ranking import HeadSummary, correlations, plain_json, rank, summarize
+from search.ranking import HeadSummary, correlations, rank, summarize
 from search.records import records
 from search.run import SearchOutcome, report_of, run_search
 from search.spec import SearchSpec

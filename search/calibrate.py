@@ -25,6 +25,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from search.context import SearchContext
+from search.objectives import metric_of
 from search.records import result_attrs
 from search.sampling import make_sampler
 from search.spec import SearchSpec
@@ -32,7 +33,6 @@ from search.storage import INTERRUPTED
 from training.recipe import GLOBAL_TARGETS, TrialConfig, TrialResult
 
 STRATEGY = "calibrate"
-PROBES = {"knn": "knn_cls", "linear": "linear"}  # spec objective → metric whose gain counts
 # The recipe knobs (TrialConfig fields) a calibration samples. The ranges bracket the proxy
 # default and the paper's values; the categorical ones are the anti-collapse departures.
 RECIPE_SPACE: dict[str, BaseDistribution] = {
@@ -63,7 +63,7 @@ class Score:
 
 def probe_of(spec: SearchSpec) -> str:
     """The metric whose gain is maximised: the spec's single objective (``knn`` → ``knn_cls``)."""
-    return PROBES[spec.objectives[0]]
+    return metric_of(spec.objectives[0])
 
 
 def run_config(spec: SearchSpec, recipe: Mapping[str, Any], probe: str) -> TrialConfig:

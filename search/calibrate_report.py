@@ -18,8 +18,8 @@ import optuna
 import yaml
 
 from search.calibrate import STRATEGY, probe_of
+from search.plain import plain_json
 from search.provenance import data_fingerprint
-from search.ranking import plain_json
 from search.recommendation import write_recommendation
 from search.spec import SearchSpec
 from training.errors import HSSLError

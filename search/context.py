@@ -15,6 +15,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from search.claims import Claims, SoloClaims
+from search.objectives import METRIC_OF
 from search.records import result_attrs
 from search.runner import Report
 from search.spec import SearchSpec
@@ -22,14 +23,6 @@ from search.storage import directions, reconcile_unit
 from training.config import HeadSpec
 from training.recipe import TrialConfig, TrialResult
 
-# objective name → key of the final metrics
-METRIC_OF = {
-    "knn": "knn_cls",
-    "linear": "linear",
-    "d_kl": "d_kl",
-    "d_cka": "d_cka",
-    "d_loss": "d_loss",
-}
 Runner = Callable[..., TrialResult]
 
 
@@ -69,7 +62,7 @@ class SearchContext:
         self.emit("trial.started", {"run": name, "heads": heads, "seed": config.seed})
 
         def reported(epoch: int, metrics: dict[str, Any]) -> bool:
-            keys = ("loss", "knn_cls", "knn_patch", "linear", "d_kl", "d_cka")
+            keys = ("loss", "knn_cls", "knn_patch", "linear", "finetune", "d_kl", "d_cka")
             brief = {k: metrics[k] for k in keys if isinstance(metrics.get(k), float)}
             self.emit("trial.reported", {"run": name, "epoch": epoch, **brief})
             return bool(report(epoch, metrics)) if report else False

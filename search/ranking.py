@@ -17,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from search.records import METRICS, PIXELS, TrialRecord
+from search.objectives import metric_of
+from search.plain import plain_json
+from search.records import METRICS, PIXELS, PROBES, TrialRecord
 from search.stats import average_ranks, bootstrap_ci, mean_sd, spearman
 from search.storage import INTERRUPTED
 from training.config import HeadSpec
 
-ACCURACIES = ("knn_cls", "knn_patch", "linear")
+ACCURACIES = PROBES
 INIT_DISCREPANCIES = ("d_kl", "d_cka", "d_loss", "h_target")
-ALIASES = {"knn": "knn_cls"}  # the search spec's objective name for the [CLS] k-NN probe
 FAILED_STATES = ("FAIL", "PRUNED")
 LEARNING_GAIN = 0.02  # a probe gain over the floor below this is read as "did not learn"
 RANK_RULE = (
@@ -58,10 +59,12 @@ class HeadSummary:
 
 def metric_name(objective: str) -> str:
     """The METRICS key of an objective (``knn`` → ``knn_cls``); unknown names raise."""
-    name = ALIASES.get(objective, objective)
+    try:
+        name = metric_of(objective)
+    except ValueError:
+        name = objective
     if name not in METRICS:
-        choices = ", ".join(sorted({*METRICS, *ALIASES}))
-        raise ValueError(f"unknown objective {objective!r}; choose from {choices}")
+        raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(METRICS)}")
     return name
 
 
@@ -171,7 +174,7 @@ def pareto_front(summaries: Sequence[HeadSummary], objectives: Sequence[str]) ->
 def correlations(
     records: Sequence[TrialRecord],
     discrepancies: Sequence[str] = ("d_kl", "d_cka", "d_loss"),
-    accuracies: Sequence[str] = ("knn_cls", "linear"),
+    accuracies: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """Spearman ρ of each discrepancy against each probe accuracy, per trial (seeds count).
 
@@ -180,6 +183,8 @@ def correlations(
     fewer than 3 such trials or a side is constant (method §4: the paper's claim, per base).
     """
     done = [r for r in records if r.ok]
+    if accuracies is None:  # k-NN and linear always; the fine-tune probe where it was measured
+        accuracies = ["knn_cls", "linear"] + ["finetune"] * any("finetune" in r.final for r in done)
     out: dict[str, dict] = {}
     for d in (metric_name(m) for m in discrepancies):
         for a in (metric_name(m) for m in accuracies):
@@ -214,7 +219,8 @@ def ranking_table(
     names = [metric_name(o) for o in objectives]
     columns = [m for m in names if m not in ACCURACIES]
     rows = [*ranked, *([baseline] if baseline else [])]
-    probes = ["knn_cls"] + [m for m in ("linear",) if any(_finite(s.mean[m]) for s in rows)]
+    measured = [m for m in ("linear", "finetune") if any(_finite(s.mean[m]) for s in rows)]
+    probes = ["knn_cls", *measured]
     header = ["rank", "head", *columns, "score", *(f"{m} (floor, gain)" for m in probes)]
     lines = [[*header, "n ok/collapsed/failed"]]
     for s in rows:
@@ -298,17 +304,6 @@ def _pixel_line(rows: Sequence[HeadSummary]) -> str:
         return ""
     parts = [f"{m.removeprefix('pixels_')} {v:.3f}" for m, v in values.items()]
     return "raw pixels (reference): " + ", ".join(parts)
-
-
-def plain_json(value: Any) -> Any:
-    """JSON-able copy: NaN/inf become None (strict JSON has no NaN), tuples become lists."""
-    if isinstance(value, dict):
-        return {str(k): plain_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_json(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def summary_json(s: HeadSummary) -> dict[str, Any]:

@@ -20,9 +20,10 @@ HEAD_KEYS = (  # what one head (or the baseline's [CLS]) has of its own in a run
     "target_spread",
     "target_information",
 )
-METRICS = ("knn_cls", "knn_patch", "linear", *HEAD_KEYS)
+PROBES = ("knn_cls", "knn_patch", "linear", "finetune")  # accuracies of the run's base
+METRICS = (*PROBES, *HEAD_KEYS)
 PIXELS = ("pixels_knn", "pixels_linear")  # raw-pixel reference, measured at initialisation
-RUN_KEYS = ("knn_cls", "knn_patch", "linear", *PIXELS)
+RUN_KEYS = (*PROBES, *PIXELS)
 
 
 def _row(metrics: dict[str, Any], label: str) -> dict[str, Any]:

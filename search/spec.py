@@ -14,17 +14,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from search.objectives import LABEL_FREE, PROBE_OBJECTIVES, Objective
 from training.config import HEAD_FAMILIES, POOLINGS, BaseSpec, HeadSpec
 from training.errors import SpecError
 from training.head_families import applies
 from training.recipe import PROXY_RECIPE, TrialConfig
 from training.timm_names import check_name
 
-Family = Literal["convnext", "resnet", "transformer", "mlp", "pool"]
-Objective = Literal["d_kl", "d_cka", "d_loss", "knn", "linear"]
+Family = Literal[HEAD_FAMILIES]  # type: ignore[valid-type]  (derived from the one registry)
 STRATEGIES = ("joint", "independent", "optuna", "calibrate")
-PROBE_OBJECTIVES = ("knn", "linear")  # what the calibrate strategy can maximise the gain of
-LABEL_FREE = ("d_kl", "d_cka", "d_loss")
 
 
 class Strict(BaseModel):
@@ -291,6 +289,8 @@ class SearchSpec(Strict):
             "data_limit": self.budget.data_limit,
             **changes,
         }
+        if "finetune" in self.objectives:  # the probe the objective reads
+            values["finetune_probe"] = True
         return TrialConfig.from_dict(values)
 
     def seeds(self) -> list[int]:
@@ -298,12 +298,14 @@ class SearchSpec(Strict):
 
 
 __all__ = [
+    "LABEL_FREE",
     "POOLINGS",
     "PROBE_OBJECTIVES",
     "STRATEGIES",
     "BaseModelSpec",
     "Budget",
     "CandidateSpace",
+    "Objective",
     "SearchSpec",
 ]
 

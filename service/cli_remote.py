@@ -15,6 +15,7 @@ import typer
 import yaml
 from tqdm import tqdm
 
+from search.objectives import metric_of
 from service.cli_search import search_app
 from service.cli_train import fail_cleanly
 from service.client import Client
@@ -61,7 +62,10 @@ def ranking_lines(ranking: dict[str, Any]) -> list[str]:
 
 
 def _metric(objective: str) -> str:
-    return "knn_cls" if objective == "knn" else objective
+    try:
+        return metric_of(objective)
+    except ValueError:  # a newer server's objective: show it under its own name
+        return objective
 
 
 def _fmt(value: float | None) -> str:

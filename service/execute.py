@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
+from search.plain import plain_json
 from service import store
 from service.db import engine_for, retrying, session_scope
 from service.models import Search
@@ -62,20 +62,6 @@ class Flag(Protocol):
 
 def engine_of(settings: Settings) -> Engine:
     return engine_for(settings.resolved_database_url, settings.pool_size, settings.max_overflow)
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON (PostgreSQL's json type refuses NaN and Infinity): non-finite floats become
-    None, tuples lists, other odd values their string."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    return str(value)
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:
@@ -143,7 +129,7 @@ class EventWriter:
         self.waiting: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        self.waiting.append((kind, jsonable(data)))
+        self.waiting.append((kind, plain_json(data)))
         del self.waiting[: -self.MAX_WAITING]
         try:
             self.flush()
@@ -302,7 +288,7 @@ def _execute(
             search = s.get(Search, sid, with_for_update=True)
             if search.status in store.FINAL:  # e.g. failed by a stale-job sweep meanwhile
                 return search.status
-            store.save_results(s, search, jsonable(outcome.ranking), jsonable(recommendation))
+            store.save_results(s, search, plain_json(outcome.ranking), plain_json(recommendation))
             store.set_status(s, search, final)
         return final
 
@@ -356,4 +342,4 @@ def _copy_trials(engine: Engine, sid: uuid.UUID, storage_url: str, study_name: s
     with session_scope(engine) as s:
         search = s.get(Search, sid)
         for row in rows:
-            store.save_trial(s, search, jsonable(row))
+            store.save_trial(s, search, plain_json(row))

@@ -128,7 +128,11 @@ def test_cli_bad_input_gets_one_line(tmp_path):
     spec_file = tmp_path / "spec.yaml"
     for body, flags, expected in [
         ("strategy: calibrate\nbudget: {trials: 0}\n", [], "budget.trials: Input should be"),
-        ("data: synthetic\n", ["--probe", "d_kl"], "--probe must be one of ['knn', 'linear']"),
+        (
+            "data: synthetic\n",
+            ["--probe", "d_kl"],
+            "--probe must be one of ['knn', 'linear', 'finetune']",
+        ),
         ("- not a mapping\n", [], "does not hold a mapping"),
         ("base: {name: vit_tny_patch16_224}\n", [], "did you mean"),
     ]:

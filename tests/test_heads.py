@@ -135,3 +135,13 @@ def test_list_heads_covers_all_families() -> None:
 def test_unknown_family_is_spec_error() -> None:
     with pytest.raises(SpecError, match="unknown head family"):
         create_head(HeadSpec(family="swin"), 32)
+
+
+def test_every_family_is_registered_once_with_a_block():
+    from training.heads.blocks import BLOCKS, family_block
+
+    assert tuple(BLOCKS) == HEAD_FAMILIES  # each family of the one table has its block
+    with pytest.raises(ValueError, match="not a head family"):
+        family_block("unknown")
+    with pytest.raises(ValueError, match="already has a block"):
+        family_block("mlp")(type("Another", (), {}))

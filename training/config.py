@@ -6,12 +6,13 @@ Configs go in, results come out; nothing here reads the environment. ``HeadSpec`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from training.errors import SpecError
+from training.fields import known_fields
+from training.head_families import HEAD_FAMILIES, applies
 
-HEAD_FAMILIES = ("convnext", "resnet", "transformer", "mlp", "pool")
 POOLINGS = ("avg", "max")
 
 
@@ -70,11 +71,7 @@ class HeadSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown head spec field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+        return cls(**known_fields(cls, data, "head spec"))
 
     @classmethod
     def parse(cls, text: str) -> HeadSpec:
@@ -92,7 +89,7 @@ class HeadSpec:
     def label(self) -> str:
         """Short stable name, e.g. ``convnext-d3-k7-nores``."""
         parts = [self.family, f"d{self.depth}"]
-        if self.family in ("convnext", "resnet", "pool"):
+        if applies(self.family, "kernel"):
             parts.append(f"k{self.kernel}")
         if self.width_ratio is not None:
             parts.append(f"r{self.width_ratio:g}")
@@ -182,8 +179,4 @@ class BaseSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BaseSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown base spec field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+        return cls(**known_fields(cls, data, "base spec"))

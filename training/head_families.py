@@ -1,16 +1,17 @@
-"""What each head family is and which :class:`HeadSpec` fields it uses (method §6, §7).
+"""The head families, registered once: what each is and which :class:`HeadSpec` fields it uses
+(method §6, §7).
 
-``list_heads()`` is what the CLI and API show a user choosing candidate heads for a search;
-it is derived from one table so the docs cannot drift from :mod:`training.heads.blocks`.
-It imports no torch (unlike the package :mod:`training.heads`, which re-exports it): the API
-validates candidate spaces with ``applies`` without loading the engine.
+Everything else derives from :data:`_TABLE`: ``HEAD_FAMILIES`` (HeadSpec's check, the search
+spec's ``Family`` literal and default grid), ``list_heads()`` (what the CLI and API show a user
+choosing candidate heads), ``applies`` (which fields a family ignores, also in its label), and
+the block classes, which :func:`training.heads.blocks.family_block` attaches by name (a
+decorator, as timm registers its models). It imports no torch (unlike the package
+:mod:`training.heads`): the API validates candidate spaces without loading the engine.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from training.config import HEAD_FAMILIES
 
 _ALL_FIELDS = ("depth", "kernel", "width_ratio", "first_residual", "pooling")
 
@@ -45,7 +46,7 @@ _TABLE: dict[str, tuple[str, tuple[str, ...], str]] = {
         "MLP hidden width / C (default 4)",
     ),
 }
-assert tuple(_TABLE) == HEAD_FAMILIES, "head table out of sync with config.HEAD_FAMILIES"
+HEAD_FAMILIES: tuple[str, ...] = tuple(_TABLE)
 
 
 def list_heads() -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from training.config import BaseSpec, HeadSpec
 from training.errors import SpecError
+from training.fields import known_fields
 
 # Proxy-only departures from the authors' recipe that keep short runs from collapsing (method
 # §11; measured in docs/study/recipes: projector BN alone kept the targets from going uniform
@@ -40,6 +41,7 @@ SIZE_LIMITS = {  # (low, high) of the fields that size the networks, banks and l
     "knn_k": (1, 10_000),
     "num_workers": (0, 256),
     "eval_bank_limit": (1, 10_000_000),
+    "finetune_epochs": (1, 10_000),
 }
 
 
@@ -101,6 +103,10 @@ class TrialConfig:
     linear_probe: bool = True
     recalibrate_bn: bool = True  # BN statistics re-estimated on training images before the floor
     pixel_reference: bool = True  # raw-pixel k-NN / linear beside the floor, at initialisation
+    # fine-tune probe (issue 15): top-1 after a short proxy fine-tune of the teacher base, at
+    # initialisation (the floor: supervised training from scratch) and at the end
+    finetune_probe: bool = False
+    finetune_epochs: int = 3
     stop_on_collapse: int = 0  # stop after this many evaluations in a row found it collapsed
     # execution
     seed: int = 0
@@ -176,11 +182,7 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown trial config field(s) {unknown}; allowed: {sorted(known)}")
-        values = dict(data)
+        values = known_fields(cls, data, "trial config")
         if "base" in values and isinstance(values["base"], dict):
             values["base"] = BaseSpec.from_dict(values["base"])
         if "heads" in values:

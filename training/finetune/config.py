@@ -11,10 +11,11 @@ every kind of regularisation, scaled down for short runs on a 2-core CPU.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from training.errors import SpecError
+from training.fields import known_fields
 
 RECIPES: dict[str, dict[str, Any]] = {
     "mae": dict(
@@ -172,13 +173,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(
-                f"unknown fine-tune config field(s) {unknown}; allowed: {sorted(known)}"
-            )
-        values = dict(data)
+        values = known_fields(cls, data, "fine-tune config")
         if "crop_scale" in values:
             values["crop_scale"] = tuple(float(v) for v in values["crop_scale"])
         return cls(**values)

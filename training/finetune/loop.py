@@ -25,7 +25,7 @@ from training.errors import HSSLError, TrainingError
 from training.finetune.config import FinetuneConfig, FinetuneResult
 from training.finetune.data import eval_batches, train_batches
 from training.finetune.metrics import evaluate
-from training.finetune.session import FinetuneSession, build_session
+from training.finetune.session import Embedded, FinetuneSession, build_session
 from training.runtime import is_out_of_memory, peak_memory_mb, seed_everything
 
 Report = Callable[[int, dict[str, Any]], bool]
@@ -39,16 +39,18 @@ def run_finetune(
     report: Report | None = None,
     resume: bool = False,
     progress: bool = False,
+    embedded: Embedded | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``config.init`` (or train from scratch) and evaluate it every epoch.
 
     ``report(epoch, record)`` hears every epoch's record; a true return stops the run (status
     ``stopped``). Bad input (data, model, init), a non-finite loss or running out of memory end
-    it with status ``failed`` and a reason, never an exception into the caller.
+    it with status ``failed`` and a reason, never an exception into the caller. ``embedded``
+    runs it inside another run (see :class:`training.finetune.session.Embedded`).
     """
     started = time.perf_counter()
     try:
-        session = build_session(config, output_dir, resume=resume)
+        session = build_session(config, output_dir, resume=resume, embedded=embedded)
         return _train(session, report, progress, started)
     except HSSLError as exc:
         return FinetuneResult("failed", str(exc), wall_time_s=time.perf_counter() - started)

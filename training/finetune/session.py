@@ -27,7 +27,7 @@ from training.finetune import parts
 from training.finetune.build import build_model
 from training.finetune.config import FinetuneConfig
 from training.finetune.data import decode_size
-from training.finetune.init import load_init
+from training.finetune.init import InitWeights, load_init
 from training.finetune.resolve import image_size
 from training.runtime import Runtime, resolve, seed_everything
 
@@ -94,13 +94,34 @@ class FinetuneSession:
         return bool(value.item())
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """What a fine-tune inside another run takes from it instead of from the config (the
+    search's fine-tune probe): the base's weights in memory, the run's own train/held-out
+    split, and a single-process runtime on the run's device."""
+
+    init: InitWeights
+    train_set: ImageSet
+    heldout_set: ImageSet
+    runtime: Runtime
+
+
 def build_session(
-    config: FinetuneConfig, output_dir: str | Path | None, *, resume: bool = False
+    config: FinetuneConfig,
+    output_dir: str | Path | None,
+    *,
+    resume: bool = False,
+    embedded: Embedded | None = None,
 ) -> FinetuneSession:
-    runtime = resolve(config.device, config.precision)
-    init = load_init(config.init) if config.init else None
-    size = image_size(config, init)
-    train_set, heldout_set = open_splits(config, decode_size(size, config.crop_pct))
+    if embedded is None:
+        runtime = resolve(config.device, config.precision)
+        init = load_init(config.init) if config.init else None
+        size = image_size(config, init)
+        train_set, heldout_set = open_splits(config, decode_size(size, config.crop_pct))
+    else:
+        runtime, init = embedded.runtime, embedded.init
+        size = image_size(config, init)
+        train_set, heldout_set = embedded.train_set, embedded.heldout_set
     seed_everything(config.seed)
     network, description = build_model(config, init, len(train_set.classes))
     description["init"] = init.describe() if init else None

@@ -23,6 +23,25 @@ from timm.layers import (
 from timm.models.metaformer import Pooling
 from torch import Tensor, nn
 
+from training.head_families import HEAD_FAMILIES
+
+BLOCKS: dict[str, type[HeadBlock]] = {}  # family name → block class, filled by family_block
+
+
+def family_block(name: str):
+    """Class decorator: the block of head family ``name`` (a family of
+    :mod:`training.head_families`, registered once there)."""
+    if name not in HEAD_FAMILIES:
+        raise ValueError(f"{name!r} is not a head family of training.head_families")
+
+    def register(cls: type[HeadBlock]) -> type[HeadBlock]:
+        if name in BLOCKS:
+            raise ValueError(f"head family {name!r} already has a block: {BLOCKS[name].__name__}")
+        BLOCKS[name] = cls
+        return cls
+
+    return register
+
 
 class HeadBlock(nn.Module):
     """Shared bookkeeping: whether the identity path exists and the block's drop-path rate."""
@@ -49,6 +68,7 @@ def _hidden(dim: int, ratio: float) -> int:
     return max(1, round(dim * ratio))
 
 
+@family_block("convnext")
 class ConvNeXtBlock(HeadBlock):
     """Depthwise k×k conv → LayerNorm (channels-last) → Linear C→rC → GELU → Linear → C (§2)."""
 
@@ -65,6 +85,7 @@ class ConvNeXtBlock(HeadBlock):
         return self._merge(x, y)
 
 
+@family_block("resnet")
 class ResNetBlock(HeadBlock):
     """ResNet bottleneck: 1×1 C→rC, k×k, 1×1 →C with BN/ReLU; ReLU after the add (§7)."""
 
@@ -92,6 +113,7 @@ def num_heads_for(dim: int) -> int:
     return heads
 
 
+@family_block("transformer")
 class TransformerBlock(HeadBlock):
     """Pre-LN ViT block on the flattened map: x + Attn(LN x), then x + MLP(LN x) (§7).
 
@@ -114,6 +136,7 @@ class TransformerBlock(HeadBlock):
         return t.transpose(1, 2).reshape(b, c, h, w)
 
 
+@family_block("mlp")
 class MlpBlock(HeadBlock):
     """Token-wise LayerNorm → MLP with a residual; no spatial mixing (low-discrepancy control)."""
 
@@ -128,6 +151,7 @@ class MlpBlock(HeadBlock):
         return self._merge(x, y)
 
 
+@family_block("pool")
 class PoolBlock(HeadBlock):
     """PoolFormer block: x + (AvgPool_k(n) − n) with n = GN1(x); then x + MLP(GN1 x) (§7).
 
@@ -146,12 +170,3 @@ class PoolBlock(HeadBlock):
     def forward(self, x: Tensor) -> Tensor:
         x = self._merge(x, self.mixer(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-BLOCKS: dict[str, type[HeadBlock]] = {
-    "convnext": ConvNeXtBlock,
-    "resnet": ResNetBlock,
-    "transformer": TransformerBlock,
-    "mlp": MlpBlock,
-    "pool": PoolBlock,
-}
