@@ -10,9 +10,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import pool
 
-from service.db import engine_for
-from service.models import Base
-from service.settings import get_settings
+from service.persistence.db import engine_for
+from service.persistence.models import Base
+from service.persistence.settings import get_settings
 
 VERSION_TABLE = "hssl_alembic_version"
 

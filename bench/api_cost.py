@@ -3,7 +3,7 @@
 Prints one JSON line. Starts ``uvicorn service.api:app`` (the production command; access log
 on, as in production) as a subprocess with ``HSSL_LOCAL_WORKERS=0`` and SQLite under a temporary
 data directory, after migrating it and creating a tenant and its key with the ``hssl`` admin
-commands (``service.cli_admin``). Then:
+commands (``service.cli.admin``). Then:
 
 - ``start_s``: from spawning the server to the first 200 of ``/healthz``;
 - ``rss_mb``: the server's VmRSS (``/proc/PID/status``) once started and after the requests,

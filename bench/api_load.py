@@ -63,11 +63,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from search.storage import engine_kwargs as optuna_engine_kwargs  # noqa: E402
-from service import store  # noqa: E402
-from service.db import session_scope  # noqa: E402
-from service.migrate import migrate  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.worker import make_app  # noqa: E402
+from service.jobs.tasks import make_app  # noqa: E402
+from service.persistence import store  # noqa: E402
+from service.persistence.db import session_scope  # noqa: E402
+from service.persistence.migrate import migrate  # noqa: E402
+from service.persistence.settings import Settings  # noqa: E402
 from tests.dispatch_helpers import wait_for  # noqa: E402
 from tests.pg import Cluster, free_port  # noqa: E402
 from tests.search_helpers import TINY_SEARCH  # noqa: E402
@@ -202,12 +202,12 @@ def monitor(conninfo: str) -> psycopg.Connection:
 
 
 def pool_max(settings: Settings) -> int:
-    """Our SQLAlchemy engine's ceiling in one process (``service.db.engine_for``)."""
+    """Our SQLAlchemy engine's ceiling in one process (``service.persistence.db.engine_for``)."""
     return settings.pool_size + settings.max_overflow
 
 
 def procrastinate_pool_max(settings: Settings) -> int:
-    """The procrastinate connector's pool ceiling, as ``service.worker.make_app`` builds it
+    """The procrastinate connector's pool ceiling, as ``service.jobs.tasks.make_app`` builds it
     (read from the connector; building it connects to nothing)."""
     return int(make_app(settings).connector._pool_args["max_size"])
 

@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select, text  # noqa: E402
 
 from search.spec import SearchSpec  # noqa: E402
-from service.db import engine_for, session_scope  # noqa: E402
-from service.migrate import migrate  # noqa: E402
-from service.models import SearchRun  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.persistence.db import engine_for, session_scope  # noqa: E402
+from service.persistence.migrate import migrate  # noqa: E402
+from service.persistence.models import SearchRun  # noqa: E402
+from service.persistence.settings import Settings  # noqa: E402
 from tests.dispatch_helpers import new_search, search_row  # noqa: E402
 from tests.pg import Cluster  # noqa: E402
 
@@ -132,7 +132,7 @@ def phases(settings: Settings, sid: uuid.UUID) -> dict[str, float]:
 
 
 def orchestration(workers: list[int], sleep_s: float) -> dict:
-    from service.dispatch import ProcrastinateDispatcher
+    from service.jobs.tasks import ProcrastinateDispatcher
 
     cluster = Cluster().start()
     out = {}
@@ -200,7 +200,7 @@ def orchestration(workers: list[int], sleep_s: float) -> dict:
 
 
 def slots(epochs: int, data_limit: int) -> dict:
-    from service.dispatch import LocalDispatcher
+    from service.jobs.local import LocalDispatcher
 
     out = {}
     for n in (1, 2):

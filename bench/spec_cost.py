@@ -3,7 +3,7 @@
 Bodies up to the API's size limit (64 KB) built to make validation work hard: the largest grid
 still accepted (4,096 candidates), the most explicit heads a body holds, a grid far over the
 limit (refused before expansion), absurd sizes in trial_overrides. Time of
-``service.submission.validate_spec`` (what POST /v1/searches runs before any database work),
+``service.http.submission.validate_spec`` (what POST /v1/searches runs before any database work),
 best of 5, in milliseconds, and each body's size.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.errors import InvalidSpec
-from service.submission import validate_spec
+from service.http.submission import validate_spec
 
 LIMIT = 64 * 1024
 BASE = {"name": "vit_small_patch16_224", "img_size": 32}

@@ -6,7 +6,7 @@ before it runs it and marks it done after; whether the unit's result is already 
 is still read from the study (so a resumed search skips what is finished either way).
 
 - ``SoloClaims``: one process runs the search (``hssl search run``): every claim succeeds.
-- The service's claims (``service.shards``) keep one row per unit in its database, owned by a
+- The service's claims (``service.jobs.shards``) keep one row per unit in its database, owned by a
   shard job: ``exclusive`` is True there, so a unit claimed is run by nobody else, and a run
   left ``RUNNING`` in the study under that unit is a dead shard's, failed as interrupted.
 """

@@ -124,20 +124,8 @@ def run_search(
     study = open_study(spec, url, resume=resume)
     reconciled = reconcile_orphans(study) if reconcile else []
     workdir = Path(data_dir) / "searches" / study.study_name
-    bar = tqdm(
-        total=planned_runs(spec), disable=not progress, desc=study.study_name, dynamic_ncols=True
-    )
-    bar.update(sum(1 for t in study.trials if t.state.is_finished()))
-
-    def emit(kind: str, data: dict[str, Any]) -> None:
-        if kind == "trial.finished":
-            bar.update(1)
-            bar.set_postfix_str(f"{data['label']}: {data['state']}")
-        elif kind == "trial.progress":
-            bar.set_postfix_str(progress_text(data))
-        if on_event is not None:
-            on_event(kind, data)
-
+    bar = _progress_bar(spec, study, progress)
+    emit = _emitter(bar, on_event)
     budget = spec.budget.wall_clock_s
     ctx = SearchContext(
         spec=spec,
@@ -165,6 +153,32 @@ def run_search(
     outcome = finish_search(study, spec, url, workdir, status, artifact_dir)
     outcome.reconciled = reconciled
     return outcome
+
+
+def _progress_bar(spec: SearchSpec, study: optuna.Study, progress: bool) -> tqdm:
+    """The search's bar: planned runs, with those the study already finished counted."""
+    bar = tqdm(
+        total=planned_runs(spec), disable=not progress, desc=study.study_name, dynamic_ncols=True
+    )
+    bar.update(sum(1 for t in study.trials if t.state.is_finished()))
+    return bar
+
+
+def _emitter(
+    bar: tqdm, on_event: Callable[[str, dict[str, Any]], None] | None
+) -> Callable[[str, dict[str, Any]], None]:
+    """Events to the bar (finished runs, progress inside runs) and to ``on_event``."""
+
+    def emit(kind: str, data: dict[str, Any]) -> None:
+        if kind == "trial.finished":
+            bar.update(1)
+            bar.set_postfix_str(f"{data['label']}: {data['state']}")
+        elif kind == "trial.progress":
+            bar.set_postfix_str(progress_text(data))
+        if on_event is not None:
+            on_event(kind, data)
+
+    return emit
 
 
 def runner_for(isolate: bool):

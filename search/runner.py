@@ -206,7 +206,7 @@ def run_trial_inline(
 
 def warm_pool_enabled() -> bool:
     """On when ``HSSL_WARM_POOL`` is 1/true/yes/on (workers and ``hssl serve`` set it: see
-    ``service.slots``) and the pool was not shut down at exit. Off by default: a one-off
+    ``service.jobs.slots``) and the pool was not shut down at exit. Off by default: a one-off
     caller (the CLI, a notebook) would pay a spare's imports for a run that never comes."""
     on = os.environ.get(WARM_POOL_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
     return on and not _closed

@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import uvicorn
 
-from service import store
-from service.api import create_app
-from service.db import engine_for, session_scope
-from service.settings import Settings
+from service.http.app import create_app
+from service.persistence import store
+from service.persistence.db import engine_for, session_scope
+from service.persistence.settings import Settings
 
 PROBLEM = "application/problem+json"
 # valid and cheap to validate: one family, one seed → planned = 1

@@ -30,7 +30,7 @@ SQLITE_FILES = ("hssl.sqlite3", "optuna.sqlite3")
 
 
 def make_settings(data_dir: Path, database_url: str | None = None, **overrides):
-    from service.settings import Settings
+    from service.persistence.settings import Settings
 
     overrides.setdefault("warm_pool", False)  # spares cost CPU the suite's runs need
     return Settings(_env_file=None, data_dir=data_dir, database_url=database_url, **overrides)
@@ -77,7 +77,7 @@ def pg_cluster():
 
 @pytest.fixture(scope="session")
 def pg_template(pg_cluster, tmp_path_factory) -> str:
-    from service.migrate import migrate
+    from service.persistence.migrate import migrate
 
     pg_cluster.create_database(name=PG_TEMPLATE)
     data_dir = tmp_path_factory.mktemp("pg-template")
@@ -103,8 +103,8 @@ def empty_pg_database_url(pg_cluster):
 # ---- SQLite ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
-    from service.db import engine_for
-    from service.migrate import migrate
+    from service.persistence.db import engine_for
+    from service.persistence.migrate import migrate
 
     data_dir = tmp_path_factory.mktemp("sqlite-template")
     migrate(make_settings(data_dir))

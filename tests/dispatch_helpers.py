@@ -11,11 +11,10 @@ from typing import Any
 from sqlalchemy import select
 
 from search.spec import SearchSpec, planned_runs
-from service import store
-from service.db import session_scope
-from service.execute import engine_of
-from service.models import Job, Search, SearchEvent, SearchRun, SearchTrial
-from service.settings import Settings
+from service.persistence import store
+from service.persistence.db import engine_of, session_scope
+from service.persistence.models import Job, Search, SearchEvent, SearchRun, SearchTrial
+from service.persistence.settings import Settings
 
 
 def new_search(

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from service.settings import Settings
+from service.persistence.settings import Settings
 from tests.cli_helpers import BIN
 from tests.conftest import make_settings
 from tests.dispatch_helpers import wait_for

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import store
-from service.db import session_scope
+from service.persistence import store
+from service.persistence.db import session_scope
 from tests.api_helpers import PROBLEM, Recorder, assert_problem, spec
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from service.api import create_app
-from service.client import parse_sse
+from service.cli.client import parse_sse
+from service.http.app import create_app
 from tests.api_helpers import (
     PROBLEM,
     RANKING,

@@ -1,4 +1,4 @@
-"""The API's key cache (``service.auth.KeyCache``): a request whose key was checked in the
+"""The API's key cache (``service.http.auth.KeyCache``): a request whose key was checked in the
 last ``key_cache_s`` seconds costs one database connection (its route's), not two; a revoke
 committed in this process takes effect at once, one committed by another process within
 ``key_cache_s``; the cache is bounded and forgets nothing a rollback undid."""
@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
-from service import auth, store
-from service.db import engine_for, session_scope
+from service.http import auth
+from service.persistence import store
+from service.persistence.db import engine_for, session_scope
 from tests.api_helpers import assert_problem
 
 REPO = Path(__file__).resolve().parent.parent
 REVOKE = """
 import sys
-from service import store
-from service.db import engine_for, session_scope
+from service.persistence import store
+from service.persistence.db import engine_for, session_scope
 with session_scope(engine_for(sys.argv[1])) as s:
     assert store.revoke_api_key(s, sys.argv[2]) == 1
 """

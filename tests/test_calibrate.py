@@ -145,7 +145,7 @@ def test_cli_bad_input_gets_one_line(tmp_path):
 
 
 def test_the_cli_spec_takes_the_probe_and_trials_from_its_flags(tmp_path):
-    from service.cli_search import calibration_spec
+    from service.cli.search import calibration_spec
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump({**TINY_SEARCH, "strategy": "calibrate"}))
@@ -161,8 +161,8 @@ def test_the_service_runs_a_submitted_calibration_and_stores_its_recipe(
 ):
     """What POST /v1/searches accepts (strict validation), run as a worker runs it: each
     trial in a child process, ranking and recommendation stored for the REST routes."""
-    from service.execute import execute_search
-    from service.submission import validate_spec
+    from service.http.submission import validate_spec
+    from service.jobs.execute import execute_search
     from tests.conftest import make_settings
     from tests.dispatch_helpers import new_search, search_row, trials
 

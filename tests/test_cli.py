@@ -64,7 +64,7 @@ def test_bad_input_gets_one_actionable_line_and_no_traceback(tmp_path):
 
 
 def test_config_file_and_flags_compose(tmp_path):
-    from service.cli_train import build_config
+    from service.cli.train import build_config
 
     path = tmp_path / "trial.yaml"
     path.write_text(yaml.safe_dump({"trial_config": {"epochs": 7, "heads": [{"family": "mlp"}]}}))
@@ -82,7 +82,7 @@ def test_heads_lists_every_family():
 
 
 def test_the_remote_ranking_ends_with_the_quality_signal_line():
-    from service.cli_remote import ranking_lines
+    from service.cli.remote import ranking_lines
 
     row = {"rank": 1, "label": "mlp-d1-nores", "mean": {"d_kl": 0.2, "knn_cls": 0.4}}
     row |= {"sd": {"d_kl": 0.01, "knn_cls": 0.02}, "floor": {"knn_cls": 0.39}}

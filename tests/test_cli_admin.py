@@ -5,8 +5,8 @@ import json
 import os
 import subprocess
 
-from service import store
-from service.db import engine_for, session_scope
+from service.persistence import store
+from service.persistence.db import engine_for, session_scope
 from tests.cli_helpers import BIN
 from tests.conftest import sqlite_url
 

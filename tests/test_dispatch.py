@@ -16,11 +16,11 @@ import psycopg
 import pytest
 from sqlalchemy import update
 
-from service.db import session_scope
-from service.dispatch import LocalDispatcher, ProcrastinateDispatcher, make_dispatcher
-from service.execute import engine_of
-from service.models import Job, utcnow
-from service.worker import conninfo, maintain, make_app
+from service.jobs.dispatcher import make_dispatcher
+from service.jobs.local import LocalDispatcher
+from service.jobs.tasks import ProcrastinateDispatcher, conninfo, maintain, make_app
+from service.persistence.db import engine_of, session_scope
+from service.persistence.models import Job, utcnow
 from tests.conftest import make_settings
 from tests.dispatch_helpers import (
     cancel,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service.execute import execute_search
+from service.jobs.execute import execute_search
 from tests.dispatch_helpers import cancel, events, new_search, search_row, trials, wait_for
 from tests.search_helpers import tiny
 
@@ -92,9 +92,8 @@ def test_a_search_whose_every_trial_fails_completes_without_recommendation(setti
 def test_an_unrunnable_spec_fails_the_search_with_a_one_line_error(settings):
     sid = new_search(settings, tiny(strategy="joint"))
     # a different spec under the same study name: run_search refuses to resume it
-    from service.db import session_scope
-    from service.execute import engine_of
-    from service.models import Search
+    from service.persistence.db import engine_of, session_scope
+    from service.persistence.models import Search
 
     with session_scope(engine_of(settings)) as s:
         search = s.get(Search, sid)

@@ -14,10 +14,11 @@ from collections import Counter
 import pytest
 
 from search.storage import INTERRUPTED
-from service import reads
-from service.dispatch import LocalDispatcher, ProcrastinateDispatcher
-from service.execute import engine_of
-from service.settings import Settings
+from service.jobs.local import LocalDispatcher
+from service.jobs.tasks import ProcrastinateDispatcher
+from service.persistence import reads
+from service.persistence.db import engine_of
+from service.persistence.settings import Settings
 from tests.conftest import make_settings
 from tests.dispatch_helpers import (
     cancel,

@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from search.storage import INTERRUPTED
-from service.client import FINAL_EVENTS, parse_sse
-from service.dispatch import ProcrastinateDispatcher
-from service.execute import engine_of
-from service.migrate import migrate
-from service.settings import Settings
+from service.cli.client import FINAL_EVENTS, parse_sse
+from service.jobs.tasks import ProcrastinateDispatcher
+from service.persistence.db import engine_of
+from service.persistence.migrate import migrate
+from service.persistence.settings import Settings
 from tests.dispatch_helpers import events, new_search, search_row, tenant_key, trials, wait_for
 from tests.net_helpers import free_port
 from tests.pg import Cluster

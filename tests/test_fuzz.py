@@ -32,11 +32,11 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from service import store
-from service.api import create_app
-from service.db import session_scope
-from service.models import ApiKey
-from service.settings import Settings
+from service.http.app import create_app
+from service.persistence import store
+from service.persistence.db import session_scope
+from service.persistence.models import ApiKey
+from service.persistence.settings import Settings
 from tests.api_helpers import RANKING, RECOMMENDATION, Api, api_stack, assert_problem, spec
 
 MAX_EXAMPLES = int(os.environ.get("HSSL_FUZZ_EXAMPLES", "75"))

@@ -23,8 +23,8 @@ CHILD = """
 import json, sys
 import service.api
 from fastapi.testclient import TestClient
-from service import store
-from service.db import engine_for, session_scope
+from service.persistence import store
+from service.persistence.db import engine_for, session_scope
 
 app = service.api.app
 settings = app.state.settings

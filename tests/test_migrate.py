@@ -1,5 +1,5 @@
-"""``service.migrate`` on SQLite and PostgreSQL: every schema at head, each in its own place,
-idempotent, and ``alembic_at_head`` tells a migrated database from an empty or stale one."""
+"""``service.persistence.migrate`` on SQLite and PostgreSQL: every schema at head, each in its own
+place, idempotent, and ``alembic_at_head`` tells a migrated database from an empty or stale one."""
 
 import sqlite3
 import threading
@@ -9,7 +9,7 @@ import optuna
 import psycopg
 from sqlalchemy import create_engine, pool, text
 
-from service.migrate import alembic_at_head, migrate, psycopg_conninfo, script_heads
+from service.persistence.migrate import alembic_at_head, migrate, psycopg_conninfo, script_heads
 from tests.conftest import make_settings
 
 OURS = {"tenants", "api_keys", "searches", "search_trials", "search_events", "jobs"}

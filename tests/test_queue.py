@@ -9,11 +9,10 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from service import queue as jobs
-from service.db import session_scope
-from service.dispatch import _alive
-from service.execute import engine_of
-from service.models import Job, utcnow
+from service.jobs.local import _alive
+from service.persistence import queue as jobs
+from service.persistence.db import engine_of, session_scope
+from service.persistence.models import Job, utcnow
 from tests.dispatch_helpers import events, job_row, new_search, search_row
 from tests.search_helpers import tiny
 

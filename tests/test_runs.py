@@ -1,6 +1,6 @@
-"""Run claims and shard elections (``service.runs``, ``service.queue``): a run claimed by a
-running shard is nobody else's, a dead shard's claim is taken over, the tenant's cap holds,
-and of shards finishing together exactly one is the last."""
+"""Run claims and shard elections (``service.persistence.runs``, ``service.persistence.queue``): a
+run claimed by a running shard is nobody else's, a dead shard's claim is taken over, the tenant's
+cap holds, and of shards finishing together exactly one is the last."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import threading
 
 from sqlalchemy import update
 
-from service import queue as jobs
-from service import runs
-from service.db import session_scope
-from service.execute import engine_of
-from service.models import Job, Tenant
-from service.runs import Claim
+from service.persistence import queue as jobs
+from service.persistence import runs
+from service.persistence.db import engine_of, session_scope
+from service.persistence.models import Job, Tenant
+from service.statuses import Claim
 from tests.dispatch_helpers import job_rows, new_search
 from tests.search_helpers import tiny
 

@@ -10,7 +10,7 @@ import yaml
 from search.recommendation import load_recommendation
 from search.run import open_study, run_search
 from search.storage import make_storage, sqlite_url
-from service.cli_train import load_config_file
+from service.cli.train import load_config_file
 from tests.search_helpers import tiny
 from training.errors import HSSLError
 from training.heads import create_head

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from search.spec import SearchSpec
-from service.cli_search import load_spec, spec_error
+from service.cli.search import load_spec, spec_error
 from training.errors import HSSLError
 
 

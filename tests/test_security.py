@@ -22,10 +22,10 @@ from PIL import Image
 from sqlalchemy import MetaData, create_engine, make_url, pool, select
 
 from search.run import run_search
-from service import store
-from service.db import session_scope
-from service.execute import execute_search
-from service.submission import resolve_data
+from service.http.submission import resolve_data
+from service.jobs.execute import execute_search
+from service.persistence import store
+from service.persistence.db import session_scope
 from tests.cli_helpers import BIN
 from tests.conftest import make_settings
 from tests.dispatch_helpers import events, new_search, search_row, wait_for

@@ -1,5 +1,6 @@
-"""``service.store`` on SQLite and PostgreSQL: tenants and hashed keys, search submission
-(idempotency, quotas, one transaction), keyset pagination, tenant isolation, events, trials."""
+"""``service.persistence.store`` on SQLite and PostgreSQL: tenants and hashed keys, search
+submission (idempotency, quotas, one transaction), keyset pagination, tenant isolation, events,
+trials."""
 
 import hashlib
 import uuid
@@ -7,10 +8,10 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from service import store
-from service.db import engine_for, session_scope
 from service.errors import Conflict, NotFound, Problem, QuotaExceeded
-from service.models import ApiKey, Job, Search, SearchEvent
+from service.persistence import store
+from service.persistence.db import engine_for, session_scope
+from service.persistence.models import ApiKey, Job, Search, SearchEvent
 
 
 @pytest.fixture

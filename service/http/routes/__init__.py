@@ -1,0 +1,71 @@
+"""The API's routers (thin: parse → one store or service call → a schema) and what they share."""
+
+from __future__ import annotations
+
+import http
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from service.http.problems import MEDIA_TYPE
+from service.http.schemas import PROBLEM_BASE
+from service.persistence.settings import Settings
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_SLUGS = {
+    400: "malformed-json",
+    401: "unauthorized",
+    404: "not-found",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "invalid-request",
+    429: "rate-limited",
+    503: "unavailable",
+}
+_DETAILS = {
+    400: "the body is not valid JSON: Expecting value: line 1 column 1 (char 0)",
+    401: "send your API key as 'Authorization: Bearer hssl_...'",
+    404: "no search 0f8fad5b-d9cb-469f-a165-70867728950e",
+    409: "no ranking yet: the search is running",
+    413: "the body is larger than 65536 bytes; a search spec is a few KB",
+    415: "the body must be application/json (got text/plain)",
+    422: "limit: Input should be less than or equal to 100",
+    429: "more than 600 requests a minute with this key; retry after 2 s",
+    503: "the database does not answer right now; retry shortly",
+}
+
+
+def problems(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries: problem+json with the shared schema and an example."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        phrase = http.HTTPStatus(code).phrase
+        example = {
+            "type": PROBLEM_BASE + _SLUGS.get(code, "bad-request"),
+            "title": phrase,
+            "status": code,
+            "detail": _DETAILS.get(code, phrase),
+            "instance": "/v1/searches",
+        }
+        out[code] = {
+            "description": descriptions.get(f"d{code}", phrase),
+            "content": {MEDIA_TYPE: {"schema": PROBLEM_REF, "example": example}},
+        }
+    return out
+
+
+# every /v1 route: the key is checked (and rate-limited; in the database unless checked in the
+# last HSSL_KEY_CACHE_S, service.http.auth), 503 when the database is down
+AUTH_PROBLEMS = (401, 429, 503)
+# any POST with a body passes the request guard first (service.http.middleware), used or not
+BODY_PROBLEMS = (413, 415)
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def request_engine(request: Request) -> Engine:
+    return request.app.state.engine()

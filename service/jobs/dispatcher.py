@@ -1,0 +1,41 @@
+"""How a committed search reaches a worker: the one ``Dispatcher`` interface and its choice.
+
+The API calls ``dispatcher.submitted(search_id, queue, shard)`` after the transaction that
+created the search (or one more shard of it) and its ``jobs`` row commits; ``start()`` and
+``stop()`` follow the server's life. Two implementations, told apart by the settings:
+
+- :class:`service.jobs.local.LocalDispatcher`: threads of this process claim job rows (the
+  embedded default, and PostgreSQL with ``HSSL_LOCAL_WORKERS`` > 0);
+- :class:`service.jobs.tasks.ProcrastinateDispatcher`: defers procrastinate tasks that
+  ``hssl worker`` processes run (PostgreSQL, ``HSSL_LOCAL_WORKERS=0``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Protocol
+
+from service.persistence.settings import Settings
+
+
+class Dispatcher(Protocol):
+    def submitted(self, search_id: uuid.UUID, queue: str, shard: int = 0) -> None:
+        """A search (or one more shard of it) was committed with its job row; never raises."""
+
+    def start(self) -> None:
+        """Begin dispatching (idempotent)."""
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop dispatching (idempotent)."""
+
+
+def make_dispatcher(settings: Settings) -> Dispatcher:
+    """LocalDispatcher when settings.local_workers > 0 or the database is SQLite, else
+    ProcrastinateDispatcher (``hssl worker`` processes run the searches)."""
+    if settings.local_workers > 0 or not settings.is_postgres:
+        from service.jobs.local import LocalDispatcher
+
+        return LocalDispatcher(settings, max(1, settings.local_workers))
+    from service.jobs.tasks import ProcrastinateDispatcher
+
+    return ProcrastinateDispatcher(settings)
