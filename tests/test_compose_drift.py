@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -32,6 +31,7 @@ from sqlalchemy import make_url
 from tests.cli_helpers import BIN
 from tests.net_helpers import free_port, http
 from tests.search_helpers import TINY_SEARCH
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker" / "compose.yaml"
@@ -208,19 +208,18 @@ class Service:
             self.proc.wait(timeout=10)
 
 
-def wait_until(check, timeout: float, what: str, *services: Service):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
+def wait_alive(check, timeout: float, what: str, *services: Service):
+    """``wait_until`` that fails at once, with the logs, if a service process exits."""
+
+    def alive() -> None:
         for service in services:
             code = service.proc.poll() if service.proc else None
             assert code is None, f"{service.name} exited ({code})\n{service.tail()}"
-        if time.monotonic() > deadline:
-            logs = "\n".join(s.tail() for s in services)
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{logs}")
-        time.sleep(0.5)
+
+    def logs() -> str:
+        return "\n".join(s.tail() for s in services)
+
+    return wait_until(check, timeout, what, 0.5, alive=alive, logs=logs)
 
 
 @pytest.mark.slow
@@ -269,7 +268,7 @@ def test_compose_services_run_a_search_as_local_processes(
             except (urllib.error.URLError, ConnectionError, OSError):
                 return False
 
-        wait_until(ready, 60, "the API to be ready", api, worker)
+        wait_alive(ready, 60, "the API to be ready", api, worker)
         status, headers, body = http("POST", f"{base}/v1/searches", key, TINY_SEARCH)
         assert status == 202, body
         search = json.loads(body)
@@ -280,7 +279,7 @@ def test_compose_services_run_a_search_as_local_processes(
             resource = json.loads(http("GET", f"{base}/v1/searches/{sid}", key)[2])
             return resource if resource["status"] in FINAL else None
 
-        resource = wait_until(finished, 180, f"search {sid}", api, worker)
+        resource = wait_alive(finished, 180, f"search {sid}", api, worker)
         assert resource["status"] == "completed", (resource, worker.tail())
         status, headers, body = http(
             "GET", f"{base}/v1/searches/{sid}/recommendation?format=yaml", key
