@@ -18,6 +18,10 @@ rootfs_image=localhost/debian-bookworm:base
 python_image=localhost/hssl-python:bookworm
 export CONTAINERS_CONF="$PWD/docker/podman-containers.conf"
 mkdir -p "$cache"
+# One build at a time: scripts/test.sh starts one in the background while the suite runs, and
+# the image test's own call then waits here and finds every step cached.
+exec 9>"$cache/build.lock"
+flock 9
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 say() { echo "image.sh: $*" >&2; }
