@@ -22,7 +22,6 @@ METRIC_OF: dict[str, str] = {
 Objective = Literal["d_kl", "d_cka", "d_loss", "knn", "linear", "finetune"]
 LABEL_FREE = ("d_kl", "d_cka", "d_loss")  # need no labels: what a joint search ranks by
 PROBE_OBJECTIVES = ("knn", "linear", "finetune")  # probe accuracies: gains over a floor
-FINETUNE_METRIC = METRIC_OF["finetune"]
 
 
 def metric_of(objective: str) -> str:

@@ -184,7 +184,9 @@ def correlations(
     """
     done = [r for r in records if r.ok]
     if accuracies is None:  # k-NN and linear always; the fine-tune probe where it was measured
-        accuracies = ["knn_cls", "linear"] + ["finetune"] * any("finetune" in r.final for r in done)
+        accuracies = ["knn_cls", "linear"]
+        if any("finetune" in r.final for r in done):
+            accuracies.append("finetune")
     out: dict[str, dict] = {}
     for d in (metric_name(m) for m in discrepancies):
         for a in (metric_name(m) for m in accuracies):

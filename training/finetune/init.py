@@ -26,6 +26,8 @@ from training.errors import SpecError
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from training.config import BaseSpec
+
 CHECKPOINT_FILE = "checkpoint.pt"  # training.CHECKPOINT_FILE (that module imports torch)
 
 _DROPPED_KWARGS = ("pretrained", "num_classes", "drop_path_rate")
@@ -111,15 +113,22 @@ def _read_run(path: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and "teacher" in state and "config" in state else None
 
 
+def architecture_kwargs(base: BaseSpec) -> dict[str, Any]:
+    """The ``timm.create_model`` kwargs that fix ``base``'s architecture (not its classifier,
+    pretrained weights or drop path, which a fine-tune sets itself)."""
+    from training.timm_build import timm_kwargs_for
+
+    return {k: v for k, v in timm_kwargs_for(base).items() if k not in _DROPPED_KWARGS}
+
+
 def _from_run(source: str, state: dict[str, Any]) -> InitWeights:
     """The teacher base of a pre-training checkpoint, as ``hssl export`` would write it."""
     from training.export import PREFIX
     from training.recipe import TrialConfig
-    from training.timm_build import timm_kwargs_for
 
     config = TrialConfig.from_dict(state["config"])
     weights = {k[len(PREFIX) :]: v for k, v in state["teacher"].items() if k.startswith(PREFIX)}
-    kwargs = {k: v for k, v in timm_kwargs_for(config.base).items() if k not in _DROPPED_KWARGS}
+    kwargs = architecture_kwargs(config.base)
     return InitWeights("run", source, config.base.name, kwargs, config.base.img_size, weights)
 
 

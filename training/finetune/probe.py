@@ -19,14 +19,12 @@ from training.config import BaseSpec
 from training.data import ImageSet
 from training.errors import TrainingError
 from training.finetune.config import FinetuneConfig
-from training.finetune.init import InitWeights
+from training.finetune.init import InitWeights, architecture_kwargs
 from training.finetune.loop import run_finetune
 from training.finetune.session import Embedded
 from training.runtime import Runtime
-from training.timm_build import timm_kwargs_for
 
 METRIC = "finetune"
-_NOT_ARCHITECTURE = ("pretrained", "num_classes", "drop_path_rate")
 MAX_BATCH = 64  # the proxy recipe's batch
 
 
@@ -50,7 +48,7 @@ def probe_config(base: BaseSpec, *, epochs: int, batch_size: int, seed: int) -> 
 
 def base_weights(model: nn.Module, base: BaseSpec) -> InitWeights:
     """A copy of the timm model's weights, described as ``hssl export`` describes a base."""
-    kwargs = {k: v for k, v in timm_kwargs_for(base).items() if k not in _NOT_ARCHITECTURE}
+    kwargs = architecture_kwargs(base)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return InitWeights("run", "the run's teacher base", base.name, kwargs, base.img_size, state)
 

@@ -14,10 +14,8 @@ from typing import Any
 from training.config import BaseSpec
 from training.errors import SpecError
 from training.finetune.config import FinetuneConfig
-from training.finetune.init import InitWeights, inspect_init
+from training.finetune.init import InitWeights, architecture_kwargs, inspect_init
 from training.timm_names import check_name
-
-_DROPPED = ("pretrained", "num_classes", "drop_path_rate")
 
 
 def preflight(config: FinetuneConfig) -> None:
@@ -65,7 +63,5 @@ def architecture(config: FinetuneConfig, init: InitWeights | None, name: str) ->
                 + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(given))
             )
         return dict(init.model_kwargs)
-    from training.timm_build import timm_kwargs_for
-
     spec = BaseSpec(name=name, img_size=image_size(config, init), **given)
-    return {k: v for k, v in timm_kwargs_for(spec).items() if k not in _DROPPED}
+    return architecture_kwargs(spec)
