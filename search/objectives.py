@@ -1,33 +1,35 @@
-"""The search's objectives: one map from a spec's objective name to the run metric it reads.
+"""The search's objectives, derived from the metric registry (:mod:`training.metrics`).
 
-Every other module derives from :data:`METRIC_OF`: the spec's ``Objective`` literal and its
-JSON Schema, the label-free set a joint search may rank by, the probes a calibration may
-maximise the gain of, the ranking's column names and the CLI's. A leaf module (no torch, no
-optuna): the light API imports it.
+A spec's objective name maps to the run metric it reads (``knn`` → ``knn_cls``); the spec's
+``Objective`` literal and its JSON Schema, the label-free set a joint search may rank by (per
+head: one shared base has one value of a per-base metric), the probes a calibration may maximise
+the gain of, and each objective's direction all come from the registry. A leaf module (no
+torch, no optuna): the light API imports it.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from training.metrics import by_objective, metrics, objective_names
+
 # objective → metric key in a run's final metrics (and in a trial's ``final`` attribute)
-METRIC_OF: dict[str, str] = {
-    "d_kl": "d_kl",
-    "d_cka": "d_cka",
-    "d_loss": "d_loss",
-    "knn": "knn_cls",  # weighted k-NN on the [CLS] feature
-    "linear": "linear",  # linear probe on [CLS] + mean patch token
-    "finetune": "finetune",  # top-1 after a short proxy fine-tune of the base
-}
-Objective = Literal["d_kl", "d_cka", "d_loss", "knn", "linear", "finetune"]
-LABEL_FREE = ("d_kl", "d_cka", "d_loss")  # need no labels: what a joint search ranks by
-PROBE_OBJECTIVES = ("knn", "linear", "finetune")  # probe accuracies: gains over a floor
+METRIC_OF: dict[str, str] = {m.objective: m.key for m in metrics() if m.objective}
+Objective = Literal[objective_names()]  # type: ignore[valid-type]
+# need no labels and differ per head: what a joint search ranks by
+LABEL_FREE = tuple(m.objective for m in metrics(kind="label_free", scope="head") if m.objective)
+# need no labels, one value per base: an independent or optuna search may rank by them
+BASE_ESTIMATORS = tuple(
+    m.objective for m in metrics(kind="label_free", scope="base") if m.objective
+)
+PROBE_OBJECTIVES = tuple(m.objective for m in metrics(kind="probe") if m.objective)
 
 
 def metric_of(objective: str) -> str:
     """The metric key of ``objective`` (``knn`` → ``knn_cls``); a metric key is itself."""
-    if objective in METRIC_OF:
-        return METRIC_OF[objective]
-    if objective in METRIC_OF.values():
-        return objective
-    raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(METRIC_OF)}")
+    return by_objective(objective).key
+
+
+def direction_of(objective: str) -> str:
+    """``maximize`` or ``minimize``: which way the objective's metric is better."""
+    return by_objective(objective).direction

@@ -2,7 +2,8 @@
 
 :func:`summarize` turns each candidate's completed seeds into means and sample SDs per metric,
 the random-init floor of each probe and the gain over it. :func:`rank` orders heads by the
-objectives (all maximised: a larger discrepancy is the paper's sign of a better base),
+objectives (each in its registered direction: a larger discrepancy is the paper's sign of a
+better base),
 :func:`pareto_front` keeps the non-dominated ones, and :func:`correlations` checks the paper's
 claim per base: does discrepancy track probe accuracy? Probe accuracy is only ever reported
 with its seed spread and floor: at proxy scale it often stays below the random-init network.
@@ -17,19 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from search.objectives import metric_of
+from search.objectives import direction_of, metric_of
 from search.plain import plain_json
 from search.records import METRICS, PIXELS, PROBES, TrialRecord
 from search.stats import average_ranks, bootstrap_ci, mean_sd, spearman
 from search.storage import INTERRUPTED
 from training.config import HeadSpec
+from training.metrics import keys
 
 ACCURACIES = PROBES
-INIT_DISCREPANCIES = ("d_kl", "d_cka", "d_loss", "h_target")
+INIT_DISCREPANCIES = (*keys(kind="label_free"), "h_target")  # the pre-screen reads these
 FAILED_STATES = ("FAIL", "PRUNED")
 LEARNING_GAIN = 0.02  # a probe gain over the floor below this is read as "did not learn"
 RANK_RULE = (
-    "per objective, average ranks of the heads' means (1 = largest); score = mean of those "
+    "per objective, average ranks of the heads' means (1 = best); score = mean of those "
     "ranks (lower = better); equal scores share a rank; heads with no completed run or a "
     "missing objective get rank 0 and come last"
 )
@@ -66,6 +68,14 @@ def metric_name(objective: str) -> str:
     if name not in METRICS:
         raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(METRICS)}")
     return name
+
+
+def _sign(objective: str) -> float:
+    """+1 for an objective where larger is better, -1 where smaller is (``alpha_req``)."""
+    try:
+        return 1.0 if direction_of(objective) == "maximize" else -1.0
+    except ValueError:  # a metric that is not an objective (e.g. h_target): larger first
+        return 1.0
 
 
 def _finite(value: Any) -> bool:
@@ -134,9 +144,10 @@ def rank(summaries: Sequence[HeadSummary], objectives: Sequence[str]) -> list[He
     """Order heads by the mean-rank rule (:data:`RANK_RULE`); returns new summaries.
 
     Per objective each rankable head gets the average rank of its mean among the others
-    (1 = largest, ties averaged); its score is the mean of those ranks over objectives. Heads
-    sort by score, then label. Equal scores share the smaller rank (1, 2, 2, 4). Heads with no
-    completed run or a NaN/missing objective mean get rank 0, score NaN and follow, by label.
+    (1 = best: the largest, or the smallest for a minimised objective; ties averaged); its
+    score is the mean of those ranks over objectives. Heads sort by score, then label. Equal
+    scores share the smaller rank (1, 2, 2, 4). Heads with no completed run or a NaN/missing
+    objective mean get rank 0, score NaN and follow, by label.
     """
     names = [metric_name(o) for o in objectives]
     if not names:
@@ -145,7 +156,13 @@ def rank(summaries: Sequence[HeadSummary], objectives: Sequence[str]) -> list[He
     rest = sorted((s for s in summaries if not _rankable(s, names)), key=lambda s: s.label)
     out: list[HeadSummary] = []
     if ok:
-        per_objective = np.array([average_ranks([-s.mean[m] for s in ok]) for m in names])
+        signs = [_sign(o) for o in objectives]
+        per_objective = np.array(
+            [
+                average_ranks([-sign * s.mean[m] for s in ok])
+                for m, sign in zip(names, signs, strict=True)
+            ]
+        )
         scores = [round(float(v), 9) for v in per_objective.mean(axis=0)]
         for i in sorted(range(len(ok)), key=lambda i: (scores[i], ok[i].label)):
             place = 1 + sum(v < scores[i] for v in scores)
@@ -154,14 +171,16 @@ def rank(summaries: Sequence[HeadSummary], objectives: Sequence[str]) -> list[He
 
 
 def pareto_front(summaries: Sequence[HeadSummary], objectives: Sequence[str]) -> list[str]:
-    """Labels of the non-dominated rankable heads, in input order (all objectives maximised).
+    """Labels of the non-dominated rankable heads, in input order (each objective in its
+    registered direction).
 
-    Head b dominates head a when b is at least as large on every objective and larger on one.
+    Head b dominates head a when b is at least as good on every objective and better on one.
     Heads without completed runs or with a missing objective are never on the front.
     """
     names = [metric_name(o) for o in objectives]
     ok = [s for s in summaries if _rankable(s, names)]
-    points = [[s.mean[m] for m in names] for s in ok]
+    signs = [_sign(o) for o in objectives]
+    points = [[sign * s.mean[m] for m, sign in zip(names, signs, strict=True)] for s in ok]
 
     def dominates(q: list[float], p: list[float]) -> bool:
         pairs = list(zip(q, p, strict=True))
@@ -237,7 +256,9 @@ def ranking_table(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
     ]
     text.insert(1, "  ".join("-" * w for w in widths))
-    text.append(f"objectives: {', '.join(names)} (maximised); mean±sd over completed seeds")
+    minimised = [m for m, o in zip(names, objectives, strict=True) if _sign(o) < 0]
+    ways = "maximised" + (f"; minimised: {', '.join(minimised)}" if minimised else "")
+    text.append(f"objectives: {', '.join(names)} ({ways}); mean±sd over completed seeds")
     text.append(
         "probe: floor = random-init accuracy (BN statistics recalibrated), "
         "gain = mean(final - init) over seeds"

@@ -9,21 +9,17 @@ from typing import Any
 import optuna
 
 from training.config import HeadSpec
+from training.metrics import REGISTRY, keys
 from training.recipe import TrialResult
 
-HEAD_KEYS = (  # what one head (or the baseline's [CLS]) has of its own in a run's metrics
-    "d_loss",
-    "h_target",
-    "d_kl",
-    "d_cka",
-    "target_entropy",
-    "target_spread",
-    "target_information",
-)
-PROBES = ("knn_cls", "knn_patch", "linear", "finetune")  # accuracies of the run's base
-METRICS = (*PROBES, *HEAD_KEYS)
-PIXELS = ("pixels_knn", "pixels_linear")  # raw-pixel reference, measured at initialisation
-RUN_KEYS = (*PROBES, *PIXELS)
+# what one head (or the baseline's [CLS] target) has of its own in a run's metrics
+HEAD_KEYS = keys(scope="head")
+PROBES = keys(kind="probe")  # accuracies of the run's base
+ESTIMATORS = keys(kind="label_free", scope="base")  # label-free scores of the run's base
+METRICS = (*PROBES, *ESTIMATORS, *HEAD_KEYS)
+PIXELS = keys(kind="reference")  # raw-pixel reference, measured at initialisation
+SAMPLING_SE = tuple(m.se_key for m in REGISTRY.values() if m.se_key)  # binomial SE of each accuracy
+RUN_KEYS = (*PROBES, *ESTIMATORS, *PIXELS, *SAMPLING_SE, "heldout_n")
 
 
 def _row(metrics: dict[str, Any], label: str) -> dict[str, Any]:

@@ -146,6 +146,14 @@ class Budget(Strict):
     seeds: int = Field(1, ge=1, le=20, description="paired seeds per candidate")
     batch_size: int = Field(64, ge=2, le=4096)
     data_limit: int | None = Field(None, ge=20, description="use at most this many images")
+    heldout_images: int | None = Field(
+        None,
+        ge=20,
+        le=10_000_000,
+        description="evaluate on this many images the runs never train on, drawn from the "
+        "whole data set (the training set stays data_limit's); default: data_limit's "
+        "held-out fifth. A probe read on n images has a sampling SE of sqrt(p(1-p)/n)",
+    )
     wall_clock_s: float | None = Field(None, gt=0, description="stop starting trials after this")
     prescreen_keep: int | None = Field(
         None, ge=1, description="zero-cost pre-screen: train only the top N by initial D"
@@ -264,9 +272,13 @@ class SearchSpec(Strict):
         if self.strategy == "joint" and set(self.objectives) - set(LABEL_FREE):
             raise ValueError(
                 "the joint strategy ranks by discrepancy: objectives must be "
-                f"among {list(LABEL_FREE)} (one shared base has one probe score)"
+                f"among {list(LABEL_FREE)} (its heads share one base: one probe score, one "
+                "value of a per-base estimator)"
             )
-        reserved = {"base", "heads", "data", "epochs", "batch_size", "seed", "data_limit"}
+        reserved = {
+            *("base", "heads", "data", "epochs", "batch_size", "seed"),
+            *("data_limit", "heldout_images"),
+        }
         if clash := sorted(reserved & set(self.trial_overrides)):
             raise ValueError(f"trial_overrides may not set {clash}: use base/space/budget/seed")
         try:
@@ -287,6 +299,7 @@ class SearchSpec(Strict):
             "batch_size": self.budget.batch_size,
             "seed": seed,
             "data_limit": self.budget.data_limit,
+            "heldout_images": self.budget.heldout_images,
             **changes,
         }
         if "finetune" in self.objectives:  # the probe the objective reads

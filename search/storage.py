@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search.objectives import direction_of
 from search.spec import SearchSpec
 
 INTERRUPTED = "interrupted: the process running it stopped; reconciled when the search resumed"
@@ -68,10 +69,14 @@ def study_name(spec: SearchSpec) -> str:
 
 
 def directions(spec: SearchSpec) -> list[str]:
-    """Every objective is maximised (accuracy, and discrepancy per the paper's claim)."""
-    if spec.strategy == "optuna" and spec.optuna_mode == "pruned":
-        return ["maximize"]
-    return ["maximize"] * len(spec.objectives)
+    """Each objective's registered direction (accuracy and discrepancy are maximised, per the
+    paper's claim; the pruned mode optimises the first objective only)."""
+    chosen = (
+        spec.objectives[:1]
+        if spec.strategy == "optuna" and spec.optuna_mode == "pruned"
+        else spec.objectives
+    )
+    return [direction_of(o) for o in chosen]
 
 
 def spec_of(study: optuna.Study) -> SearchSpec | None:

@@ -64,6 +64,36 @@ def test_limit_and_heldout_count():
         open_dataset("synthetic", 16, heldout=1000)
 
 
+def test_heldout_images_sets_the_evaluation_apart_from_the_training_size():
+    # issue 21: the study's split, 1,600 training images of a 2,000 limit, evaluated on 8,000
+    train, held = open_dataset("animal-mnist", 16, seed=7, heldout=0.2, limit=2000)
+    train8, held8 = open_dataset("animal-mnist", 16, seed=7, limit=2000, heldout_images=8000)
+    assert torch.equal(train.ids, train8.ids)  # the training set is exactly the same
+    assert len(held8) == 8000 and not set(train8.ids.tolist()) & set(held8.ids.tolist())
+    assert len(set(held8.ids.tolist()) - set(held.ids.tolist())) >= 7600  # beyond the limit
+    assert torch.bincount(held8.labels).tolist() == [800] * 10  # stratified
+    assert held8.ids.tolist() == sorted(held8.ids.tolist())  # in the source's order
+    again = open_dataset("animal-mnist", 16, seed=7, limit=2000, heldout_images=8000)[1]
+    assert torch.equal(held8.ids, again.ids)
+    assert torch.equal(
+        held8.images[:20], open_dataset("animal-mnist", 16, heldout=0)[0].images[held8.ids[:20]]
+    )
+    with pytest.raises(DataError, match="only 8400 images outside the 1600 training images"):
+        open_dataset("animal-mnist", 16, seed=7, limit=2000, heldout_images=9000)
+
+
+def test_the_interim_subset_is_a_fixed_stratified_part_of_the_heldout_set():
+    from training.data import stratified_subset
+
+    _, held = open_dataset("animal-mnist", 16, seed=2, limit=2000, heldout_images=4000)
+    part = stratified_subset(held, 1000, seed=2)
+    assert len(part) == 1000 and set(part.ids.tolist()) <= set(held.ids.tolist())
+    assert torch.bincount(part.labels).tolist() == [100] * 10
+    assert torch.equal(part.ids, stratified_subset(held, 1000, seed=2).ids)
+    assert stratified_subset(held, None, seed=2) is held
+    assert stratified_subset(held, 5000, seed=2) is held
+
+
 def test_digits_loads():
     train, held = open_dataset("digits", 16, heldout=0.1)
     assert len(train) + len(held) == 1797

@@ -157,7 +157,10 @@ def test_pixel_probes_score_in_the_unit_interval(images):
     train, held = images
     kw = dict(img_size=SIZE, k=5, temperature=0.07, seed=0)
     both = pixel_probes(train, held, linear=True, **kw)
-    assert set(both) == {"pixels_knn", "pixels_linear"}
+    assert set(both) == {"pixels_knn", "pixels_linear", "pixels_knn_se", "pixels_linear_se"}
     assert all(0.0 <= v <= 1.0 for v in both.values())
+    p, n = both["pixels_knn"], len(held.labels)  # each reading carries its binomial SE
+    assert both["pixels_knn_se"] == pytest.approx((p * (1 - p) / n) ** 0.5)
     knn_only = pixel_probes(train, held, linear=False, bank_limit=20, **kw)
-    assert set(knn_only) == {"pixels_knn"} and 0.0 <= knn_only["pixels_knn"] <= 1.0
+    assert set(knn_only) == {"pixels_knn", "pixels_knn_se"}
+    assert 0.0 <= knn_only["pixels_knn"] <= 1.0

@@ -15,7 +15,7 @@ from training.data import ImageSet, eval_view, iterate_batches
 from training.discrepancy import cka_discrepancy, loss_discrepancy, target_probs
 from training.network import HSSLNetwork
 from training.objective import HSSLObjective
-from training.probes import knn_accuracy, linear_probe
+from training.probes import knn_accuracy, linear_probe, with_sampling_se
 
 
 @dataclass
@@ -94,7 +94,9 @@ def probe_metrics(
     linear: bool,
     seed: int,
 ) -> dict[str, float]:
-    """Weighted k-NN on [CLS] and on the mean patch token; optionally a linear probe on both."""
+    """Weighted k-NN on [CLS] and on the mean patch token; optionally a linear probe on both;
+    each accuracy with its binomial sampling SE (``<key>_se``) and the images read
+    (``heldout_n``)."""
     metrics = {
         "knn_cls": knn_accuracy(
             bank.base,
@@ -121,7 +123,8 @@ def probe_metrics(
         metrics["linear"] = linear_probe(
             train_x, bank.labels, test_x, query.labels, num_classes=num_classes, seed=seed
         )
-    return metrics
+    n = len(query.labels)
+    return {**with_sampling_se(metrics, n), "heldout_n": float(n)}
 
 
 def discrepancy_metrics(

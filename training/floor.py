@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import ImageSet, eval_view, iterate_batches
-from training.probes import knn_accuracy, linear_probe
+from training.probes import knn_accuracy, linear_probe, with_sampling_se
 
 PIXEL_SIDE = 32
 
@@ -102,4 +102,4 @@ def pixel_probes(
         out["pixels_linear"] = linear_probe(
             x_bank, y_bank, x_query, query.labels, num_classes=classes, seed=seed
         )
-    return out
+    return with_sampling_se(out, len(query.labels))

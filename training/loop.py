@@ -119,7 +119,7 @@ def _epoch(
     seconds = time.perf_counter() - t0
     record: dict[str, Any] = {"epoch": epoch + 1, **losses, **_schedule_values(s, epoch)}
     last = epoch + 1 == cfg.epochs
-    if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+    if cfg.due(epoch + 1):
         record.update(evaluate_session(s, epoch + 1, final=last, linear=last and cfg.linear_probe))
     return record, seconds
 

@@ -312,3 +312,20 @@ def _fit_logistic(
 
     optimizer.step(closure)
     return weight.detach(), bias.detach()
+
+
+def sampling_se(accuracy: float, n: int) -> float:
+    """The binomial sampling SE of an accuracy read on ``n`` images, ``sqrt(p(1-p)/n)``: how
+    much the reading would move on another draw of ``n`` held-out images of the same kind."""
+    if n < 1:
+        raise ValueError(f"sampling_se needs at least one image, got n={n}")
+    p = min(max(float(accuracy), 0.0), 1.0)
+    return (p * (1.0 - p) / n) ** 0.5
+
+
+def with_sampling_se(readings: dict[str, float], n: int) -> dict[str, float]:
+    """``readings`` (accuracies on ``n`` images) with each one's ``<key>_se`` beside it."""
+    out = dict(readings)
+    for key, value in readings.items():
+        out[f"{key}_se"] = sampling_se(value, n)
+    return out

@@ -42,6 +42,8 @@ SIZE_LIMITS = {  # (low, high) of the fields that size the networks, banks and l
     "num_workers": (0, 256),
     "eval_bank_limit": (1, 10_000_000),
     "finetune_epochs": (1, 10_000),
+    "heldout_images": (1, 10_000_000),
+    "interim_eval_images": (1, 10_000_000),
 }
 
 
@@ -59,6 +61,9 @@ class TrialConfig:
     data: str = "animal-mnist"
     data_limit: int | None = None
     heldout: float = 0.2
+    # the evaluation set apart from the training size: this many images the run never trains
+    # on, from the whole source (None: the ``heldout`` part of ``data_limit``); issue 21
+    heldout_images: int | None = None
     epochs: int = 1
     batch_size: int = 64
     # optimisation (lr is per 256 images and scaled linearly by the batch size)
@@ -98,8 +103,12 @@ class TrialConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     eval_every: int = 1
+    eval_epochs: tuple[int, ...] = ()  # evaluate after exactly these epochs (and the last) instead
     eval_at_init: bool = True
     eval_bank_limit: int | None = 8000
+    # the evaluations between initialisation and the end read a fixed stratified subset of this
+    # many held-out images (None: all of them); the first and the last always read all
+    interim_eval_images: int | None = None
     linear_probe: bool = True
     recalibrate_bn: bool = True  # BN statistics re-estimated on training images before the floor
     pixel_reference: bool = True  # raw-pixel k-NN / linear beside the floor, at initialisation
@@ -139,6 +148,18 @@ class TrialConfig:
             raise SpecError("koleo_weight and stop_on_collapse must be >= 0")
         if self.eval_every < 0:
             raise SpecError("eval_every must be >= 0 (0 = only at the end)")
+        bad = [e for e in self.eval_epochs if isinstance(e, bool) or not isinstance(e, int)]
+        if bad or any(not 1 <= e <= self.epochs for e in self.eval_epochs):
+            got = list(self.eval_epochs)
+            raise SpecError(f"eval_epochs must be whole epochs in 1..{self.epochs}, got {got}")
+
+    def due(self, epochs_done: int) -> bool:
+        """Whether the run evaluates after ``epochs_done`` epochs (always after the last)."""
+        if epochs_done == self.epochs:
+            return True
+        if self.eval_epochs:
+            return epochs_done in self.eval_epochs
+        return bool(self.eval_every) and epochs_done % self.eval_every == 0
 
     def _check_sizes(self) -> None:
         """Sizes a run allocates by must be within sense: a small request must not build a
@@ -178,6 +199,7 @@ class TrialConfig:
         data = asdict(self)
         data["heads"] = [h.to_dict() for h in self.heads]
         data["mask_ratio"] = list(self.mask_ratio)
+        data["eval_epochs"] = list(self.eval_epochs)
         return data
 
     @classmethod
@@ -191,6 +213,8 @@ class TrialConfig:
             )
         if "mask_ratio" in values:
             values["mask_ratio"] = tuple(values["mask_ratio"])
+        if "eval_epochs" in values:
+            values["eval_epochs"] = tuple(values["eval_epochs"])
         return cls(**values)
 
     def with_(self, **changes: Any) -> TrialConfig:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from training import checkpoint, runlog
-from training.data import ImageSet, TwoCropAugment, num_batches, open_dataset
+from training.data import ImageSet, TwoCropAugment, num_batches, open_dataset, stratified_subset
 from training.errors import DataError, HSSLError
 from training.network import HSSLNetwork
 from training.objective import HSSLObjective
@@ -43,6 +43,7 @@ class Session:
     runtime: Runtime
     train_set: ImageSet
     heldout_set: ImageSet
+    interim_set: ImageSet  # what the evaluations between the first and the last read
     student: nn.Module  # DDP-wrapped under torchrun
     network: HSSLNetwork  # the unwrapped student
     teacher: HSSLNetwork
@@ -110,7 +111,9 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         seed=config.seed,
         heldout=config.heldout,
         limit=config.data_limit,
+        heldout_images=config.heldout_images,
     )
+    interim_set = stratified_subset(heldout_set, config.interim_eval_images, config.seed)
     network = _network(config, runtime)
     teacher = make_teacher(network)
     objective = _objective(config).to(runtime.device)
@@ -121,6 +124,7 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         runtime=runtime,
         train_set=train_set,
         heldout_set=heldout_set,
+        interim_set=interim_set,
         student=_distributed(network, config, runtime),
         network=network,
         teacher=teacher,

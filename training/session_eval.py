@@ -1,6 +1,7 @@
 """Evaluation of a run at one epoch: ``evaluate_session(session, epoch, ...)`` (method §8, §11).
 
-Probes on the teacher base, the collapse diagnostics of the global targets and every head's
+Probes on the teacher base (each with its sampling SE), the label-free estimators of its
+embeddings (RankMe, α-ReQ), the collapse diagnostics of the global targets and every head's
 discrepancies, computed by rank 0 while the other ranks wait. At initialisation (epoch 0) the
 BN statistics are first recalibrated and the raw-pixel reference measured: the honest floor
 (``training.floor``).
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from training.estimators import estimator_metrics
 from training.evaluate import (
     Embeddings,
     collapse_metrics,
@@ -29,7 +31,7 @@ def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> di
     """Probes on the teacher base, collapse diagnostics and per-head discrepancies (rank 0
     computes, all wait). At initialisation (epoch 0) BN statistics are first recalibrated and
     the raw-pixel reference is measured: the honest floor (``training.floor``)."""
-    metrics = _evaluate_on_main(s, epoch, linear) if s.runtime.main else {}
+    metrics = _evaluate_on_main(s, epoch, final, linear) if s.runtime.main else {}
     if s.runtime.main and s.config.finetune_probe and (epoch == 0 or final):
         metrics.update(_finetune_probe(s))
     if s.runtime.world_size > 1:
@@ -37,14 +39,20 @@ def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> di
     return metrics
 
 
-def _evaluate_on_main(s: Session, epoch: int, linear: bool) -> dict[str, Any]:
+def _evaluate_on_main(s: Session, epoch: int, final: bool, linear: bool) -> dict[str, Any]:
+    """Probes and estimators on every held-out image at initialisation and at the end, on the
+    fixed interim subset (``TrialConfig.interim_eval_images``) in between; the collapse
+    diagnostics and discrepancies on the interim subset at every evaluation (comparable across
+    epochs, and a fraction of the cost: they read four passes of the network)."""
     cfg = s.config
     if epoch == 0 and cfg.recalibrate_bn:
         for net in (s.teacher, s.network):
             recalibrate_bn(net, s.train_set, img_size=cfg.base.img_size, device=s.runtime.device)
     kw = _embed_kwargs(s)
+    whole = (epoch == 0 or final) and s.interim_set is not s.heldout_set
     bank = embed_set(s.teacher, s.train_set, limit=cfg.eval_bank_limit, **kw)
-    query = embed_set(s.teacher, s.heldout_set, patch_limit=PATCH_DIAGNOSTIC_IMAGES, **kw)
+    interim = embed_set(s.teacher, s.interim_set, patch_limit=PATCH_DIAGNOSTIC_IMAGES, **kw)
+    query = embed_set(s.teacher, s.heldout_set, **kw) if whole else interim
     metrics: dict[str, Any] = dict(
         probe_metrics(
             bank,
@@ -56,14 +64,15 @@ def _evaluate_on_main(s: Session, epoch: int, linear: bool) -> dict[str, Any]:
             seed=cfg.seed,
         )
     )
+    metrics.update(estimator_metrics(query.base))
     if epoch == 0 and cfg.pixel_reference:
         metrics.update(_pixel_reference(s, linear))
     temp = float(s.schedules.teacher_temp[min(epoch, cfg.epochs - 1)])
-    diagnostics = collapse_metrics(query, s.objective, teacher_temp=temp)
+    diagnostics = collapse_metrics(interim, s.objective, teacher_temp=temp)
     head_rows = diagnostics.pop("head_rows", [])
     metrics.update(diagnostics)
     if cfg.heads:
-        metrics.update(_head_metrics(s, query, head_rows, temp))
+        metrics.update(_head_metrics(s, interim, head_rows, temp))
     return metrics
 
 
@@ -107,13 +116,17 @@ def _pixel_reference(s: Session, linear: bool) -> dict[str, Any]:
 
 
 def _head_metrics(
-    s: Session, query: Embeddings, head_rows: list[dict[str, Any]], teacher_temp: float
+    s: Session,
+    query: Embeddings,
+    head_rows: list[dict[str, Any]],
+    teacher_temp: float,
 ) -> dict[str, Any]:
     """``heads``: one row per head (its discrepancies and target diagnostics) on two views of
     the held-out images (plain and flipped); with one head its row is also at the top level."""
     cfg, kw = s.config, _embed_kwargs(s)
-    teacher_views = [query, embed_set(s.teacher, s.heldout_set, flip=True, **kw)]
-    student_views = [embed_set(s.network, s.heldout_set, flip=f, **kw) for f in (False, True)]
+    images = s.interim_set
+    teacher_views = [query, embed_set(s.teacher, images, flip=True, **kw)]
+    student_views = [embed_set(s.network, images, flip=f, **kw) for f in (False, True)]
     rows = discrepancy_metrics(
         teacher_views,
         student_views,

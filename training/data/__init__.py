@@ -7,7 +7,7 @@ and returns a seeded (train, heldout) split; ``iterate_batches`` walks a set in 
 """
 
 from training.data.augment import IMAGENET_MEAN, IMAGENET_STD, TwoCropAugment, eval_view
-from training.data.datasets import BUILTIN_SOURCES, ImageSet, open_dataset
+from training.data.datasets import BUILTIN_SOURCES, ImageSet, open_dataset, stratified_subset
 from training.data.folder import IMAGE_EXTENSIONS
 from training.data.loader import iterate_batches, num_batches
 
@@ -22,4 +22,5 @@ __all__ = [
     "iterate_batches",
     "num_batches",
     "open_dataset",
+    "stratified_subset",
 ]

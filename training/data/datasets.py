@@ -181,6 +181,7 @@ def open_dataset(
     seed: int = 0,
     heldout: int | float = 0.2,
     limit: int | None = None,
+    heldout_images: int | None = None,
 ) -> tuple[ImageSet, ImageSet]:
     """Open ``source`` and split it into (train, heldout).
 
@@ -189,6 +190,12 @@ def open_dataset(
     used, picked stratified by ``seed`` before splitting (for 'synthetic' it is the number
     generated; default 1000). ``heldout`` is a fraction (< 1) or a count (>= 1). Both subsets
     keep the source's order; the split is stratified and a function of (source, limit, seed).
+
+    ``heldout_images`` sets the evaluation set apart from the training size: the training set
+    stays exactly the one above, and the held-out set becomes that many images drawn
+    (stratified, by ``seed``) from every image of the source the training set does not hold,
+    inside or outside ``limit`` — a probe read on 8,000 images instead of 400 has a sampling
+    SE about 4.5× smaller.
     """
     if isinstance(img_size, bool) or not isinstance(img_size, numbers.Integral) or img_size < 8:
         raise DataError(f"img_size for {source} must be an integer >= 8, got {img_size!r}")
@@ -197,10 +204,39 @@ def open_dataset(
     ):
         raise DataError(f"limit for {source} must be an integer >= 2 or None, got {limit!r}")
     img_size, limit = int(img_size), None if limit is None else int(limit)
-    ds = _load(source, img_size, limit)
-    if limit is not None and limit < len(ds):
-        keep = stratified_pick(ds.labels, limit, seeded_generator(seed, SPLIT_STREAM, 1))
-        ds = ds.subset(keep.nonzero().squeeze(1))
-    count = _heldout_count(heldout, len(ds), ds.source)
-    held = stratified_pick(ds.labels, count, seeded_generator(seed, SPLIT_STREAM, 2))
-    return ds.subset((~held).nonzero().squeeze(1)), ds.subset(held.nonzero().squeeze(1))
+    full = _load(source, img_size, limit)
+    used = torch.arange(len(full))
+    if limit is not None and limit < len(full):
+        keep = stratified_pick(full.labels, limit, seeded_generator(seed, SPLIT_STREAM, 1))
+        used = keep.nonzero().squeeze(1)
+    count = _heldout_count(heldout, len(used), full.source)
+    held = stratified_pick(full.labels[used], count, seeded_generator(seed, SPLIT_STREAM, 2))
+    train, evaluate = used[~held], used[held]
+    if heldout_images is not None:
+        evaluate = _outside(full, train, heldout_images, seed)
+    return full.subset(train), full.subset(evaluate)
+
+
+def stratified_subset(images: ImageSet, count: int | None, seed: int) -> ImageSet:
+    """A fixed stratified subset of ``count`` of ``images`` (all of them when ``count`` is
+    None or not smaller), in their order: the evaluations between the first and the last."""
+    if count is None or count >= len(images):
+        return images
+    pick = stratified_pick(images.labels, count, seeded_generator(seed, SPLIT_STREAM, 4))
+    return images.subset(pick.nonzero().squeeze(1))
+
+
+def _outside(full: ImageSet, train: Tensor, count: int, seed: int) -> Tensor:
+    """Indices of ``count`` images of ``full`` outside ``train``, stratified by ``seed``."""
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+        raise DataError(f"heldout_images must be a positive integer, got {count!r}")
+    rest = torch.ones(len(full), dtype=torch.bool)
+    rest[train] = False
+    spare = rest.nonzero().squeeze(1)
+    if count > len(spare):
+        raise DataError(
+            f"heldout_images={count} but {full.source} has only {len(spare)} images outside "
+            f"the {len(train)} training images; ask for at most {len(spare)}"
+        )
+    pick = stratified_pick(full.labels[spare], int(count), seeded_generator(seed, SPLIT_STREAM, 3))
+    return spare[pick]
