@@ -74,8 +74,7 @@ def part_specs(plan: dict[str, Any]) -> dict[str, SearchSpec]:
     return specs
 
 
-def train(part: str, work: Path, *, join: bool, progress: bool) -> dict[str, Any]:
-    spec = part_specs(load_plan())[part]
+def train(spec: SearchSpec, work: Path, *, join: bool, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     counted = {"runs": 0}
 
@@ -92,7 +91,7 @@ def train(part: str, work: Path, *, join: bool, progress: bool) -> dict[str, Any
         reconcile=not join,
     )
     return {
-        "part": part,
+        "part": spec.name,
         "status": outcome.status,
         "trained_now": counted["runs"],
         "seconds": round(time.perf_counter() - started, 1),
@@ -102,6 +101,7 @@ def train(part: str, work: Path, *, join: bool, progress: bool) -> dict[str, Any
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=(*PARTS, "all"), default=None)
+    parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--work", type=Path, default=ROOT / "hssl-data" / "study" / "v2")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "study" / "v2")
     parser.add_argument("--join", action="store_true", help="train beside a live process")
@@ -111,14 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.part is None and not args.report:
         parser.error("say which --part to train, or --report")
+    specs = part_specs(load_plan(args.config))
     parts = PARTS if args.part == "all" else ((args.part,) if args.part else ())
     for part in parts:
-        done = train(part, args.work, join=args.join, progress=not args.no_progress)
+        done = train(specs[part], args.work, join=args.join, progress=not args.no_progress)
         print(json.dumps(done), flush=True)
     if args.report or args.part == "all":
         from study_v2_report import write_report  # bench/ is on the path: a script
 
-        print(json.dumps(write_report(part_specs(load_plan()), args.work, args.out)))
+        print(json.dumps(write_report(specs, args.work, args.out)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ are the ones the tests work out by hand.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -136,3 +137,132 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     if a.size == 1:
         return float(a[0]), 0.0 if np.isfinite(a[0]) else float("nan")
     return float(np.mean(a)), float(np.std(a, ddof=1))
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[dict[str, float | bool]]:
+    """Holm's step-down correction of ``p_values`` (one family), in the input order.
+
+    Each entry: ``p_holm`` (the adjusted p-value: the running maximum of ``(m − i) · p_(i)``
+    over the sorted p-values, capped at 1), ``level`` (the confidence level Holm tested that
+    hypothesis at: ``1 − alpha / (m − i)`` for the i-th smallest, i from 0) and ``reject``
+    (``p_holm <= alpha``). NaN p-values are left out of the family and never rejected.
+    """
+    p = np.asarray(p_values, dtype=float)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    out: list[dict[str, float | bool]] = [
+        {"p_holm": float("nan"), "level": float("nan"), "reject": False} for _ in p
+    ]
+    running = 0.0
+    for i, index in enumerate(finite[np.argsort(p[finite], kind="stable")]):
+        running = max(running, min(1.0, (m - i) * p[index]))
+        out[index] = {
+            "p_holm": float(running),
+            "level": 1.0 - alpha / (m - i),
+            "reject": bool(running <= alpha),
+        }
+    return out
+
+
+def paired_t(differences: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Paired t-test of ``differences`` (one per seed) against 0: mean, SD, n, two-sided p and
+    the t-interval of the mean at ``level`` (NaN below 2 values; p 1 when every difference is 0)."""
+    d = np.asarray(differences, dtype=float)
+    n = d.size
+    nan = float("nan")
+    if n < 2:
+        mean = float(d[0]) if n else nan
+        return {"mean": mean, "sd": nan, "n": n, "p": nan, "lo": nan, "hi": nan}
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0.0:
+        p = 1.0 if mean == 0.0 else 0.0
+        return {"mean": mean, "sd": 0.0, "n": n, "p": p, "lo": mean, "hi": mean}
+    se = sd / math.sqrt(n)
+    t = mean / se
+    p = 2 * t_sf(abs(t), n - 1)
+    half = t_quantile(0.5 + level / 2, n - 1) * se
+    return {"mean": mean, "sd": sd, "n": n, "p": p, "lo": mean - half, "hi": mean + half}
+
+
+def sign_flip_p(differences: Sequence[float]) -> float:
+    """Exact two-sided sign-flip permutation p-value of the mean of paired ``differences``:
+    the share of the 2^n sign patterns whose |mean| is at least the observed one (n <= 20)."""
+    d = np.asarray(differences, dtype=float)
+    n = d.size
+    if n == 0 or n > 20:
+        return float("nan")
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+    means = np.abs((signs * d).mean(axis=1))
+    return float(np.mean(means >= abs(d.mean()) - 1e-12))
+
+
+def permutation_p(
+    x: Sequence[float], y: Sequence[float], *, n_perm: int = 10_000, seed: int = 0
+) -> float:
+    """Two-sided permutation p-value of Spearman's ρ(x, y): the share of ``n_perm`` seeded
+    shuffles of ``y`` (plus the observed order) with |ρ| at least the observed |ρ|."""
+    a = np.asarray(x, dtype=float)
+    b = np.asarray(y, dtype=float)
+    observed = spearman(a, b)
+    if not math.isfinite(observed):
+        return float("nan")
+    ra = average_ranks(a) - (a.size + 1) / 2.0
+    rb = average_ranks(b) - (b.size + 1) / 2.0
+    rng = np.random.default_rng(seed)
+    shuffled = np.array([rb[rng.permutation(rb.size)] for _ in range(n_perm)])
+    denom = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
+    rhos = shuffled @ ra / denom
+    hits = np.sum(np.abs(rhos) >= abs(observed) - 1e-12) + 1
+    return float(hits / (n_perm + 1))
+
+
+def _incomplete_beta(x: float, a: float, b: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction (modified
+    Lentz), using the symmetry I_x(a, b) = 1 − I_{1−x}(b, a) where that converges faster."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _incomplete_beta(1.0 - x, b, a)
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * h / a
+
+
+def t_sf(t: float, df: float) -> float:
+    """Upper tail P(T > t) of Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _incomplete_beta(df / (df + t * t), df / 2.0, 0.5)
+    return tail if t >= 0 else 1.0 - tail
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile of Student's t (bisection on :func:`t_sf`, to 1e-12)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    if q < 0.5:
+        return -t_quantile(1.0 - q, df)
+    lo, hi = 0.0, 1.0
+    while t_sf(hi, df) > 1.0 - q:
+        hi *= 2.0
+    while hi - lo > 1e-12 * max(1.0, hi):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if t_sf(mid, df) > 1.0 - q else (lo, mid)
+    return (lo + hi) / 2.0

@@ -104,3 +104,54 @@ def test_mean_sd():
     assert mean_sd([0.7]) == (0.7, 0.0)
     assert all(math.isnan(v) for v in mean_sd([]))
     assert math.isnan(mean_sd([0.4, float("nan")])[0])  # a diverged seed shows
+
+
+# --- the study's tests: Student's t, paired differences, Holm, permutations -----------------
+
+
+def test_t_distribution_matches_the_printed_tables() -> None:
+    from search.stats import t_quantile, t_sf
+
+    # two-sided 95 % critical values from any t table
+    for df, value in ((1, 12.706205), (3, 3.182446), (7, 2.364624), (30, 2.042272)):
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=1e-6)
+    assert t_quantile(0.025, 7) == pytest.approx(-2.364624, abs=1e-6)
+    assert t_sf(0.0, 5) == pytest.approx(0.5)
+    assert t_sf(1.0, 1) == pytest.approx(0.25)  # Cauchy: P(T > 1) = 1/4
+    assert t_sf(-1.0, 1) == pytest.approx(0.75)
+
+
+def test_paired_t_by_hand() -> None:
+    from search.stats import paired_t
+
+    # d = 1, 2, 3, 4: mean 2.5, sd sqrt(5/3), se 0.645497, t 3.872983 on 3 df
+    out = paired_t([1, 2, 3, 4])
+    assert out["mean"] == 2.5 and out["sd"] == pytest.approx(math.sqrt(5 / 3))
+    half = 3.182446 * math.sqrt(5 / 3) / 2
+    assert (out["lo"], out["hi"]) == (pytest.approx(2.5 - half), pytest.approx(2.5 + half))
+    assert 0.025 < out["p"] < 0.05  # |t| 3.87 lies between t(.975, 3) and t(.99, 3) = 4.54
+    wider = paired_t([1, 2, 3, 4], level=0.99)
+    assert wider["hi"] - wider["lo"] > out["hi"] - out["lo"]
+    assert math.isnan(paired_t([1.0])["p"])
+
+
+def test_holm_steps_down_and_keeps_the_input_order() -> None:
+    from search.stats import holm
+
+    out = holm([0.01, 0.04, 0.03, 0.005])
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, max(0.04·1, 0.06) = 0.06
+    assert [round(o["p_holm"], 6) for o in out] == [0.03, 0.06, 0.06, 0.02]
+    assert [o["reject"] for o in out] == [True, False, False, True]
+    assert [round(o["level"], 4) for o in out] == [0.9833, 0.95, 0.975, 0.9875]
+    with_nan = holm([float("nan"), 0.01])
+    assert with_nan[0]["reject"] is False and with_nan[1]["p_holm"] == pytest.approx(0.01)
+
+
+def test_sign_flip_and_spearman_permutation_p() -> None:
+    from search.stats import permutation_p, sign_flip_p
+
+    assert sign_flip_p([1, 2, 3]) == pytest.approx(2 / 8)  # only all-plus and all-minus
+    assert sign_flip_p([1, -1]) == pytest.approx(1.0)
+    perfect = permutation_p(range(8), range(8), n_perm=2000, seed=1)
+    assert perfect < 0.002  # 2 of 40,320 orders have |rho| = 1
+    assert permutation_p([1, 2, 3, 4, 5], [2, 1, 4, 3, 5], seed=0) > 0.05
