@@ -57,6 +57,8 @@ class HeadSummary:
     collapsed: int = 0  # completed runs whose global target collapsed: not in the statistics
     collapse_kinds: tuple[str, ...] = ()
     pixels: dict[str, float] = field(default_factory=dict)  # raw-pixel k-NN / linear reference
+    # per probe: the mean binomial sampling SE of one final reading (its held-out set's size)
+    se: dict[str, float] = field(default_factory=dict)
 
 
 def metric_name(objective: str) -> str:
@@ -107,6 +109,10 @@ def _summary(label: str, runs: list[TrialRecord]) -> HeadSummary:
         collapsed=len(collapsed),
         collapse_kinds=tuple(dict.fromkeys(str(r.collapse) for r in collapsed)),
         pixels={m: mean_sd([r.init[m] for r in measured if m in r.init])[0] for m in PIXELS},
+        se={
+            m: mean_sd([r.final[f"{m}_se"] for r in done if f"{m}_se" in r.final])[0]
+            for m in ACCURACIES
+        },
     )
 
 
@@ -223,12 +229,14 @@ def _pm(mean: float, sd: float) -> str:
 
 
 def _accuracy(s: HeadSummary, m: str) -> str:
-    """Probe accuracy as mean±sd with its floor and gain; never a bare number."""
+    """Probe accuracy as mean±sd with its sampling SE, floor and gain; never a bare number."""
     if not _finite(s.mean[m]):
         return "–"
     floor = f"{s.floor[m]:.3f}" if _finite(s.floor[m]) else "?"
     gain = f"{s.gain[m]:+.3f}" if _finite(s.gain[m]) else "?"
-    return f"{_pm(s.mean[m], s.sd[m])} (floor {floor}, {gain})"
+    se = s.se.get(m)
+    sampling = f"se {se:.3f}, " if _finite(se) else ""
+    return f"{_pm(s.mean[m], s.sd[m])} ({sampling}floor {floor}, {gain})"
 
 
 def ranking_table(
@@ -242,7 +250,7 @@ def ranking_table(
     rows = [*ranked, *([baseline] if baseline else [])]
     measured = [m for m in ("linear", "finetune") if any(_finite(s.mean[m]) for s in rows)]
     probes = ["knn_cls", *measured]
-    header = ["rank", "head", *columns, "score", *(f"{m} (floor, gain)" for m in probes)]
+    header = ["rank", "head", *columns, "score", *(f"{m} (se, floor, gain)" for m in probes)]
     lines = [[*header, "n ok/collapsed/failed"]]
     for s in rows:
         place = "base" if s is baseline else (str(s.rank) if s.rank else "–")
@@ -260,8 +268,8 @@ def ranking_table(
     ways = "maximised" + (f"; minimised: {', '.join(minimised)}" if minimised else "")
     text.append(f"objectives: {', '.join(names)} ({ways}); mean±sd over completed seeds")
     text.append(
-        "probe: floor = random-init accuracy (BN statistics recalibrated), "
-        "gain = mean(final - init) over seeds"
+        "probe: se = binomial sampling SE of one reading on the held-out images, floor = "
+        "random-init accuracy (BN statistics recalibrated), gain = mean(final - init) over seeds"
     )
     text.extend(line for line in (_pixel_line(rows), signal_line(rows)) if line)
     for s in (s for s in rows if s.collapsed):
@@ -349,6 +357,7 @@ def summary_json(s: HeadSummary) -> dict[str, Any]:
             "collapsed": s.collapsed,
             "collapse_kinds": s.collapse_kinds,
             "pixels": s.pixels,
+            "se": s.se,
         }
     )
 

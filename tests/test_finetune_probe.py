@@ -81,7 +81,7 @@ def test_finetune_objective_in_a_tiny_independent_search(tmp_path):
     assert math.isfinite(head["sd"]["finetune"])  # its seed spread
     gains = [t.user_attrs["final"]["finetune"] - t.user_attrs["init"]["finetune"] for t in trials]
     assert head["gain"]["finetune"] == pytest.approx(sum(gains) / 2)
-    assert "finetune (floor, gain)" in outcome.table
+    assert "finetune (se, floor, gain)" in outcome.table
 
 
 def test_finetune_objective_in_a_tiny_optuna_search(tmp_path):

@@ -351,3 +351,16 @@ def test_signal_line_says_when_no_probe_left_the_floor():
 
 def replace_final(record: TrialRecord, **values: float) -> TrialRecord:
     return replace(record, final={**record.final, **values})
+
+
+def test_each_probe_reading_shows_its_sampling_se_in_the_table_and_json():
+    runs = [
+        _rec(0, A, 0, {**_fin(0.2, 0.3, 0.40), "knn_cls_se": 0.005}, {"knn_cls": 0.35}),
+        _rec(1, A, 1, {**_fin(0.2, 0.3, 0.44), "knn_cls_se": 0.007}, {"knn_cls": 0.35}),
+    ]
+    ranked = rank(summarize(runs), ["d_kl"])
+    assert ranked[0].se["knn_cls"] == pytest.approx(0.006)
+    assert "0.420±0.028 (se 0.006, floor 0.350, +0.070)" in ranking_table(ranked, ["d_kl"])
+    data = ranking_json(ranked, ["d_kl"], [], {})
+    assert data["heads"][0]["se"]["knn_cls"] == pytest.approx(0.006)
+    assert data["heads"][0]["se"]["linear"] is None  # not measured: no SE invented

@@ -22,6 +22,7 @@ from training.evaluate import (
     probe_metrics,
 )
 from training.floor import pixel_probes, recalibrate_bn
+from training.probes import with_sampling_se
 from training.session import Session
 
 PATCH_DIAGNOSTIC_IMAGES = 256  # held-out images whose patch targets the diagnostics read
@@ -82,7 +83,7 @@ def _finetune_probe(s: Session) -> dict[str, float]:
     from training.finetune.probe import finetune_probe  # timm's fine-tuning parts, on demand
 
     cfg = s.config
-    return finetune_probe(
+    top1 = finetune_probe(
         s.teacher.base.model,
         cfg.base,
         s.train_set,
@@ -92,6 +93,7 @@ def _finetune_probe(s: Session) -> dict[str, float]:
         batch_size=cfg.batch_size,
         seed=cfg.seed,
     )
+    return with_sampling_se(top1, len(s.heldout_set))
 
 
 def _embed_kwargs(s: Session) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def summary(search: dict[str, Any]) -> str:
 
 
 def ranking_lines(ranking: dict[str, Any]) -> list[str]:
-    """The ranking JSON as a compact table; accuracy always with spread and floor."""
+    """The ranking JSON as a compact table; accuracy always with spread, floor and (when the
+    server measured it) its sampling SE."""
     objectives = ranking.get("objectives", [])
     lines = [f"{'rank':<5}{'head':<28}" + "".join(f"{o:<16}" for o in objectives) + "k-NN (floor)"]
     for row in ranking.get("heads", []):
@@ -53,8 +54,10 @@ def ranking_lines(ranking: dict[str, Any]) -> list[str]:
         cells = "".join(f"{_pm(mean.get(_metric(o)), sd.get(_metric(o))):<16}" for o in objectives)
         floor = (row.get("floor") or {}).get("knn_cls")
         knn = _pm(mean.get("knn_cls"), sd.get("knn_cls"))
+        se = (row.get("se") or {}).get("knn_cls")
+        sampling = f"se {_fmt(se)}, " if se is not None else ""
         rank = row.get("rank") or "-"
-        lines.append(f"{rank!s:<5}{row['label']:<28}{cells}{knn} (floor {_fmt(floor)})")
+        lines.append(f"{rank!s:<5}{row['label']:<28}{cells}{knn} ({sampling}floor {_fmt(floor)})")
     signal = (ranking.get("signal") or {}).get("line")
     if signal:  # whether the probes say anything beyond discrepancy
         lines.append(signal)
