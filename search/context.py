@@ -98,9 +98,13 @@ class SearchContext:
         seed: int,
         strategy: str,
         candidates: list[HeadSpec],
+        stage: int | None = None,
     ) -> optuna.trial.FrozenTrial:
-        """Record one head of a finished run as a complete (or failed) trial."""
+        """Record one head of a finished run as a complete (or failed) trial (``stage``: which
+        stage of a staged search it belongs to)."""
         attrs = result_attrs(result, head, seed, strategy)
+        if stage is not None:
+            attrs["stage"] = stage
         values = self.values(attrs["final"]) if result.status == "completed" else None
         if values is None and result.status == "completed":
             attrs["failure_reason"] = "an objective is missing or not finite"
@@ -123,15 +127,18 @@ class SearchContext:
         seed: int,
         strategy: str,
         unit: str | None = None,
+        stage: int | None = None,
     ) -> None:
         """Name an asked trial before it runs, so a trial whose process dies is still known
-        (head, seed, strategy) when it is reconciled as interrupted."""
+        (head, seed, strategy, stage) when it is reconciled as interrupted."""
         trial.set_user_attr("head", head.to_dict())
         trial.set_user_attr("label", head.label())
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("strategy", strategy)
         if unit is not None:
             trial.set_user_attr("unit", unit)
+        if stage is not None:
+            trial.set_user_attr("stage", stage)
 
     def tell(
         self, trial: optuna.Trial, result: TrialResult, head: HeadSpec, seed: int, strategy: str

@@ -19,15 +19,15 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
+from search.strategy import strategy_of
+
 log = logging.getLogger(__name__)
 ARTIFACTS = {"json": "application/json", "yaml": "application/yaml", "plot": "image/png"}
 
 
 def metric_names(spec) -> list[str]:
-    """The study's objective names, one per direction (pruned mode: the first objective)."""
-    if spec.strategy == "optuna" and spec.optuna_mode == "pruned":
-        return [spec.objectives[0]]
-    return list(spec.objectives)
+    """The study's objective names, one per direction, as its strategy declares them."""
+    return strategy_of(spec).metric_names(spec)
 
 
 def note_markdown(study_name: str, report: dict[str, Any]) -> str:

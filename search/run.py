@@ -14,9 +14,7 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
-from search import strategies
 from search.bench_trial import run_trial_sleeping, sleep_seconds
-from search.calibrate_report import calibration_report, write_calibration
 from search.claims import Claims, SoloClaims
 from search.context import SearchContext
 from search.dashboard import metric_names, publish
@@ -37,6 +35,8 @@ from search.storage import (
     sqlite_url,
     study_name,
 )
+from search.strategies.common import prescreen, run_baseline
+from search.strategy import strategy_of
 from training.data.datasets import resolve_source
 from training.errors import HSSLError
 
@@ -200,39 +200,21 @@ def progress_text(data: dict[str, Any]) -> str:
 def run_strategy(ctx: SearchContext, fan_out: Callable[[int], None] | None = None) -> None:
     """Pre-screen, baseline, then the strategy's runs (each claimed: see ``search.claims``)."""
     spec = ctx.spec
+    strategy = strategy_of(spec)
     candidates = spec.space.candidates()
-    if spec.budget.prescreen_keep and spec.strategy in ("joint", "independent"):
-        candidates = strategies.prescreen(ctx, candidates, spec.budget.prescreen_keep)
+    if spec.budget.prescreen_keep and strategy.prescreen:
+        candidates = prescreen(ctx, candidates, spec.budget.prescreen_keep)
     if fan_out is not None:
         fan_out(parallel_runs(spec))
-    if spec.include_baseline and spec.strategy != "calibrate":  # calibrate runs only baselines
-        strategies.run_baseline(ctx)
-    if spec.strategy == "joint":
-        strategies.run_joint(ctx, candidates)
-    elif spec.strategy == "independent":
-        strategies.run_independent(ctx, candidates)
-    elif spec.strategy == "calibrate":
-        strategies.run_calibrate(ctx)
-    else:
-        strategies.run_optuna(ctx)
+    if spec.include_baseline and strategy.baseline:
+        run_baseline(ctx)
+    strategy.run(ctx, candidates)
 
 
 def parallel_runs(spec: SearchSpec) -> int:
-    """How many runs of the search may go at once: joint, one per seed; independent, one per
-    (candidate, seed); optuna, one per trial; calibrate, one (its sampler learns from each
-    run in turn); at most ``budget.parallel``. Baselines count as runs too."""
-    seeds = len(spec.seeds())
-    if spec.strategy == "calibrate":
-        return 1
-    if spec.strategy == "joint":
-        width = seeds
-    elif spec.strategy == "independent":
-        width = (spec.budget.prescreen_keep or len(spec.space.candidates())) * seeds
-    else:
-        width = spec.budget.trials
-    if spec.include_baseline:
-        width = max(width, seeds)
-    return max(1, min(width, spec.budget.parallel or width))
+    """How many runs of the search may go at once, as its strategy plans them (at most
+    ``budget.parallel``; baselines count as runs too)."""
+    return strategy_of(spec).parallel_runs(spec)
 
 
 def finish_search(
@@ -260,9 +242,12 @@ def finish_search(
 
 
 def report_of(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
-    """Ranking (table + JSON), Pareto front and correlations from the study's trials."""
-    if spec.strategy == "calibrate":
-        return calibration_report(study, spec)
+    """The strategy's report of the study's trials (table + ranking JSON)."""
+    return strategy_of(spec).report(study, spec)
+
+
+def ranking_report(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
+    """Ranking by the objectives (table + JSON), Pareto front and correlations."""
     recs = records(study)
     baseline_runs = [_baseline_record(r) for r in study.user_attrs.get("baseline", [])]
     baseline = summarize(baseline_runs)[0] if baseline_runs else None
@@ -284,14 +269,18 @@ def write_outputs(
     url: str,
     out_dir: Path,
 ) -> dict[str, Path]:
-    if spec.strategy == "calibrate":
-        return write_calibration(
-            spec,
-            report["ranking"],
-            out_dir,
-            study.study_name,
-            study.user_attrs.get("versions", versions()),
-        )
+    """The strategy's output files (ranking, plot, recommendation)."""
+    return strategy_of(spec).write_outputs(study, spec, report, url, out_dir)
+
+
+def write_ranking_outputs(
+    study: optuna.Study,
+    spec: SearchSpec,
+    report: dict[str, Any],
+    url: str,
+    out_dir: Path,
+) -> dict[str, Path]:
+    """Ranking JSON, ranking plot and the recommendation of the ranking's first head."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"ranking": out_dir / "ranking.json"}
     files["ranking"].write_text(json.dumps(report["ranking"], indent=2) + "\n")

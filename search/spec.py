@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.objectives import LABEL_FREE, PROBE_OBJECTIVES, Objective
+from search.strategy import STRATEGIES
 from training.config import HEAD_FAMILIES, POOLINGS, BaseSpec, HeadSpec
 from training.errors import SpecError
 from training.head_families import applies
@@ -22,7 +23,8 @@ from training.recipe import PROXY_RECIPE, TrialConfig
 from training.timm_names import check_name
 
 Family = Literal[HEAD_FAMILIES]  # type: ignore[valid-type]  (derived from the one registry)
-STRATEGIES = ("joint", "independent", "optuna", "calibrate")
+DEFAULT_STRATEGY = "joint"
+STRATEGY_NAMES = tuple(STRATEGIES)  # registered when the search package was imported
 
 
 class Strict(BaseModel):
@@ -183,46 +185,37 @@ class Budget(Strict):
     )
 
 
+def _strategy_rules(default: str) -> list[dict[str, Any]]:
+    """Each registered strategy's cross-field rule as JSON Schema, so a schema-driven client
+    never sends what the server must refuse (strategy absent = the default)."""
+    rules = []
+    for strategy in STRATEGIES.values():
+        rule = strategy.schema_rule()
+        if rule is None:
+            continue
+        condition: dict[str, Any] = {"properties": {"strategy": {"const": strategy.name}}}
+        if strategy.name != default:
+            condition["required"] = ["strategy"]
+        rules.append({"if": condition, "then": rule})
+    return rules
+
+
 class SearchSpec(Strict):
     """What to search: the body of ``POST /v1/searches`` and of ``hssl search run spec.yaml``."""
 
     # the cross-field rules of ``_consistent`` in the JSON Schema too, so a schema-driven
     # client never sends what the server must refuse (strategy absent = joint, the default)
     model_config = ConfigDict(
-        **Strict.model_config,
-        json_schema_extra={
-            "allOf": [
-                {
-                    "if": {"properties": {"strategy": {"const": "joint"}}},
-                    "then": {
-                        "properties": {"objectives": {"items": {"enum": list(LABEL_FREE)}}},
-                        "description": "a joint search ranks by label-free objectives only",
-                    },
-                },
-                {
-                    "if": {
-                        "properties": {"strategy": {"const": "calibrate"}},
-                        "required": ["strategy"],
-                    },
-                    "then": {
-                        "properties": {
-                            "objectives": {
-                                "maxItems": 1,
-                                "items": {"enum": list(PROBE_OBJECTIVES)},
-                            }
-                        }
-                    },
-                },
-            ]
-        },
+        **Strict.model_config, json_schema_extra={"allOf": _strategy_rules(DEFAULT_STRATEGY)}
     )
 
     name: str | None = Field(None, max_length=80, description="study name; derived if absent")
     base: BaseModelSpec = Field(default_factory=BaseModelSpec)
     data: str = Field("animal-mnist", min_length=1, max_length=4096)
     space: CandidateSpace = Field(default_factory=CandidateSpace)
-    strategy: Literal["joint", "independent", "optuna", "calibrate"] = Field(
-        "joint", description="calibrate: tune the proxy recipe on the baseline (search.calibrate)"
+    strategy: Literal[STRATEGY_NAMES] = Field(  # type: ignore[valid-type]
+        DEFAULT_STRATEGY,
+        description="; ".join(f"{s.name}: {s.summary}" for s in STRATEGIES.values()),
     )
     optuna_mode: Literal["pareto", "pruned"] = Field(
         "pareto",
@@ -254,27 +247,15 @@ class SearchSpec(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _calibrate_probe(cls, data: Any) -> Any:
-        """A calibration maximises a probe's gain: its objectives default to ``["knn"]``."""
-        if isinstance(data, dict) and data.get("strategy") == "calibrate":
-            data = {"objectives": ["knn"], **data}
+    def _strategy_defaults(cls, data: Any) -> Any:
+        """Fill in the strategy's defaults (a calibration's objectives default to ``knn``)."""
+        if isinstance(data, dict) and data.get("strategy") in STRATEGIES:
+            data = STRATEGIES[data["strategy"]].defaults(data)
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchSpec:
-        if self.strategy == "calibrate" and (
-            len(self.objectives) != 1 or self.objectives[0] not in PROBE_OBJECTIVES
-        ):
-            raise ValueError(
-                "the calibrate strategy maximises one probe's gain over its floor per minute: "
-                f"objectives must be one of {[[o] for o in PROBE_OBJECTIVES]}"
-            )
-        if self.strategy == "joint" and set(self.objectives) - set(LABEL_FREE):
-            raise ValueError(
-                "the joint strategy ranks by discrepancy: objectives must be "
-                f"among {list(LABEL_FREE)} (its heads share one base: one probe score, one "
-                "value of a per-base estimator)"
-            )
+        STRATEGIES[self.strategy].check(self)
         reserved = {
             *("base", "heads", "data", "epochs", "batch_size", "seed"),
             *("data_limit", "heldout_images"),
@@ -314,7 +295,7 @@ __all__ = [
     "LABEL_FREE",
     "POOLINGS",
     "PROBE_OBJECTIVES",
-    "STRATEGIES",
+    "STRATEGY_NAMES",
     "BaseModelSpec",
     "Budget",
     "CandidateSpace",
@@ -324,9 +305,6 @@ __all__ = [
 
 
 def planned_runs(spec: SearchSpec) -> int:
-    """How many runs the search is planned to count (progress and quotas): one per trial
-    (optuna, calibrate) or per (candidate, seed)."""
-    if spec.strategy in ("optuna", "calibrate"):
-        return spec.budget.trials
-    heads = spec.budget.prescreen_keep or len(spec.space.candidates())
-    return heads * len(spec.seeds())
+    """How many runs the search is planned to count (progress and quotas), as its strategy
+    plans them (one per trial, or per candidate and seed, ...)."""
+    return STRATEGIES[spec.strategy].planned_runs(spec)

@@ -11,8 +11,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.objectives import direction_of
 from search.spec import SearchSpec
+from search.strategy import strategy_of
 
 INTERRUPTED = "interrupted: the process running it stopped; reconciled when the search resumed"
 
@@ -69,14 +69,9 @@ def study_name(spec: SearchSpec) -> str:
 
 
 def directions(spec: SearchSpec) -> list[str]:
-    """Each objective's registered direction (accuracy and discrepancy are maximised, per the
-    paper's claim; the pruned mode optimises the first objective only)."""
-    chosen = (
-        spec.objectives[:1]
-        if spec.strategy == "optuna" and spec.optuna_mode == "pruned"
-        else spec.objectives
-    )
-    return [direction_of(o) for o in chosen]
+    """The study's directions, as the spec's strategy declares them (each objective in its
+    registered direction; the optuna strategy's pruned mode: the first objective only)."""
+    return strategy_of(spec).directions(spec)
 
 
 def spec_of(study: optuna.Study) -> SearchSpec | None:

@@ -10,7 +10,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from search.objectives import LABEL_FREE, METRIC_OF, PROBE_OBJECTIVES, Objective, metric_of
+from search.objectives import (
+    BASE_ESTIMATORS,
+    LABEL_FREE,
+    METRIC_OF,
+    PROBE_OBJECTIVES,
+    Objective,
+    metric_of,
+)
 from search.records import METRICS
 from search.run import run_search
 from search.storage import make_storage, sqlite_url
@@ -23,11 +30,12 @@ FINETUNE = {"objectives": ["d_kl", "finetune"], "trial_overrides": {"finetune_ep
 
 def test_one_objective_map_feeds_every_vocabulary():
     assert set(METRIC_OF) == set(typing.get_args(Objective))
-    assert set(LABEL_FREE) | set(PROBE_OBJECTIVES) == set(METRIC_OF)
+    assert set(LABEL_FREE) | set(BASE_ESTIMATORS) | set(PROBE_OBJECTIVES) == set(METRIC_OF)
     assert not set(LABEL_FREE) & set(PROBE_OBJECTIVES)
+    assert not set(BASE_ESTIMATORS) & (set(LABEL_FREE) | set(PROBE_OBJECTIVES))
     assert all(metric in METRICS for metric in METRIC_OF.values())
     assert metric_of("knn") == "knn_cls" and metric_of("knn_cls") == "knn_cls"
-    with pytest.raises(ValueError, match="choose from d_kl"):
+    with pytest.raises(ValueError, match="choose from knn, linear, finetune, d_kl"):
         metric_of("top1")
 
 

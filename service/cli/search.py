@@ -173,14 +173,15 @@ def calibration_spec(path: Path, trials: int | None, probe: str | None):
     the file's own if it is a calibration spec, else k-NN) and its own study name, so the
     head search of the same file can later run under the file's name."""
     from search.spec import PROBE_OBJECTIVES
+    from search.strategies.calibrate import Calibrate
 
     if probe is not None and probe not in PROBE_OBJECTIVES:
         raise HSSLError(f"--probe must be one of {list(PROBE_OBJECTIVES)}, got {probe!r}")
     plain = load_spec(path, {})
     if probe is None:
-        probe = plain.objectives[0] if plain.strategy == "calibrate" else "knn"
-    overrides = {"strategy": "calibrate", "objectives": [probe], "budget.trials": trials}
+        probe = plain.objectives[0] if plain.strategy == Calibrate.name else "knn"
+    overrides = {"strategy": Calibrate.name, "objectives": [probe], "budget.trials": trials}
     spec = load_spec(path, overrides)
-    if spec.name and plain.strategy != "calibrate":
+    if spec.name and plain.strategy != Calibrate.name:
         spec = spec.model_copy(update={"name": f"{spec.name[:70]}-calibrate"})
     return spec
