@@ -37,6 +37,7 @@ class SearchContext:
     should_cancel: Callable[[], bool] | None = None
     claims: Claims = field(default_factory=SoloClaims)
     memory_limit_mb: int | None = None  # the worker slot's cap (the spec's may be smaller)
+    fan_out: Callable[[int], None] | None = None  # the service's: grow the search's shards
 
     def claim(self, unit: str, weight: int = 1) -> bool:
         """Claim a unit (see ``search.claims``); with exclusive claims, trials the study

@@ -243,8 +243,11 @@ def ranking_table(
     ranked: Sequence[HeadSummary],
     objectives: Sequence[str],
     baseline: HeadSummary | None = None,
+    signal: bool = True,
 ) -> str:
-    """Fixed-width text table for a terminal, baseline last, failures listed under it."""
+    """Fixed-width text table for a terminal, baseline last, failures listed under it; with
+    ``signal`` the raw-pixel and quality-signal lines (a staged search states its decision
+    instead)."""
     names = [metric_name(o) for o in objectives]
     columns = [m for m in names if m not in ACCURACIES]
     rows = [*ranked, *([baseline] if baseline else [])]
@@ -271,7 +274,8 @@ def ranking_table(
         "probe: se = binomial sampling SE of one reading on the held-out images, floor = "
         "random-init accuracy (BN statistics recalibrated), gain = mean(final - init) over seeds"
     )
-    text.extend(line for line in (_pixel_line(rows), signal_line(rows)) if line)
+    if signal:
+        text.extend(line for line in (_pixel_line(rows), signal_line(rows)) if line)
     for s in (s for s in rows if s.collapsed):
         kinds = ", ".join(s.collapse_kinds)
         text.append(

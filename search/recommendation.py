@@ -27,19 +27,28 @@ def build_recommendation(
     data: dict[str, Any],
     versions: dict[str, Any],
 ) -> dict[str, Any]:
-    """``ranking`` is ``search.ranking.ranking_json``'s output; its first head is the pick."""
+    """``ranking`` is ``search.ranking.ranking_json``'s output; its first head is the pick —
+    unless the ranking carries a ``decision`` (the staged strategy) that keeps the baseline:
+    then the recommendation is plain iBOT pre-training with no auxiliary head, and says why."""
+    decision = ranking.get("decision") or {}
     heads = [row for row in ranking["heads"] if row.get("head") and row.get("n", 0) > 0]
-    if not heads:
+    if decision.get("keep_baseline"):
+        best, head_specs = ranking.get("baseline") or {"label": "baseline"}, ()
+    elif heads:
+        best = heads[0]
+        head_specs = (_head_spec(best),)
+    else:
         collapsed = sum(row.get("collapsed", 0) for row in ranking["heads"])
         why = f" ({collapsed} run(s) collapsed)" if collapsed else ""
         raise HSSLError(f"no candidate completed a run that learned{why}: nothing to recommend")
-    best = heads[0]
-    full = TrialConfig.paper(spec.base.full(), (_head_spec(best),), data=spec.data)
-    proxy = spec.trial_config((_head_spec(best),), spec.seed)
+    full = TrialConfig.paper(spec.base.full(), head_specs, data=spec.data)
+    proxy = spec.trial_config(head_specs, spec.seed)
     return {
         "schema": SCHEMA,
-        "head": best["head"],
+        "head": best.get("head"),
         "head_label": best["label"],
+        # why this head (staged: the paired gain, or why the baseline is kept)
+        "decision": decision.get("line", ""),
         # whether the probes say anything beyond discrepancy (the one line to read first)
         "quality_signal": (ranking.get("signal") or {}).get("line", ""),
         "base": spec.base.model_dump(mode="json"),
@@ -55,6 +64,7 @@ def build_recommendation(
             "study": study,
             "storage": _redact(storage),
             "trials": best.get("trials", []),
+            "stages": ranking.get("stages"),
             "search_spec": spec.model_dump(mode="json"),
         },
         "commands": commands(spec),

@@ -127,3 +127,25 @@ class TrialRecord:
 
 def records(study: optuna.Study) -> list[TrialRecord]:
     return [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+
+
+def baseline_records(study: optuna.Study) -> list[TrialRecord]:
+    """The no-head baseline's runs (a study attribute: it has no discrepancy to tell)."""
+    out = []
+    for attrs in study.user_attrs.get("baseline", []):
+        state = "COMPLETE" if attrs.get("status") == "completed" else "FAIL"
+        out.append(
+            TrialRecord(
+                number=-1,
+                label="baseline",
+                head=None,
+                seed=attrs["seed"],
+                state=state,
+                strategy="baseline",
+                final=attrs.get("final", {}),
+                init=attrs.get("init", {}),
+                failure_reason=attrs.get("failure_reason"),
+                collapse=attrs.get("collapse"),
+            )
+        )
+    return out

@@ -22,7 +22,7 @@ from search.plot import plot_search
 from search.provenance import data_fingerprint, versions
 from search.ranking import correlations, pareto_front, rank, ranking_json, ranking_table, summarize
 from search.recommendation import build_recommendation, write_recommendation
-from search.records import TrialRecord, records
+from search.records import baseline_records, records
 from search.runner import run_trial_inline, run_trial_isolated
 from search.sampling import pruner_settings, sampler_settings
 from search.spec import SearchSpec, planned_runs
@@ -36,6 +36,7 @@ from search.storage import (
     study_name,
 )
 from search.strategies.common import prescreen, run_baseline
+from search.strategies.staged import stage_line
 from search.strategy import strategy_of
 from training.data.datasets import resolve_source
 from training.errors import HSSLError
@@ -137,6 +138,7 @@ def run_search(
         should_cancel=should_cancel,
         claims=claims or SoloClaims(),
         memory_limit_mb=memory_limit_mb,
+        fan_out=fan_out,
     )
     for trial in study.get_trials(deepcopy=False):
         if trial.number in reconciled:  # announced, so a listener records why it ended
@@ -175,6 +177,8 @@ def _emitter(
             bar.set_postfix_str(f"{data['label']}: {data['state']}")
         elif kind == "trial.progress":
             bar.set_postfix_str(progress_text(data))
+        elif kind == "search.stage":
+            bar.write(stage_line(data))
         if on_event is not None:
             on_event(kind, data)
 
@@ -249,7 +253,7 @@ def report_of(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
 def ranking_report(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
     """Ranking by the objectives (table + JSON), Pareto front and correlations."""
     recs = records(study)
-    baseline_runs = [_baseline_record(r) for r in study.user_attrs.get("baseline", [])]
+    baseline_runs = baseline_records(study)
     baseline = summarize(baseline_runs)[0] if baseline_runs else None
     ranked = rank(summarize(recs), spec.objectives)
     front = pareto_front(ranked, spec.objectives)
@@ -305,19 +309,3 @@ def write_ranking_outputs(
         return files  # nothing completed: no recommendation, the ranking says why
     files.update(write_recommendation(rec, out_dir))
     return files
-
-
-def _baseline_record(attrs: dict[str, Any]) -> TrialRecord:
-    state = "COMPLETE" if attrs.get("status") == "completed" else "FAIL"
-    return TrialRecord(
-        number=-1,
-        label="baseline",
-        head=None,
-        seed=attrs["seed"],
-        state=state,
-        strategy="baseline",
-        final=attrs.get("final", {}),
-        init=attrs.get("init", {}),
-        failure_reason=attrs.get("failure_reason"),
-        collapse=attrs.get("collapse"),
-    )

@@ -200,6 +200,20 @@ def _strategy_rules(default: str) -> list[dict[str, Any]]:
     return rules
 
 
+class StagedPlan(Strict):
+    """The staged strategy's second stage: the ``keep`` best heads of the screen get
+    independent runs on ``seeds`` paired seeds beside the baseline, judged on ``probe``."""
+
+    keep: int = Field(3, ge=1, le=64, description="heads the screen keeps for stage 2")
+    seeds: int = Field(3, ge=2, le=20, description="paired seeds per stage-2 head and baseline")
+    probe: Literal["linear", "knn"] = Field(
+        "linear", description="the primary probe the paired gain over the baseline is read on"
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="family-wise error rate of the Holm-corrected gains"
+    )
+
+
 class SearchSpec(Strict):
     """What to search: the body of ``POST /v1/searches`` and of ``hssl search run spec.yaml``."""
 
@@ -222,6 +236,11 @@ class SearchSpec(Strict):
         description="pareto: a multi-objective study of every objective; pruned: a "
         "single-objective study of the first objective with k-NN pruning (every objective is "
         "still recorded and ranked)",
+    )
+    staged: StagedPlan = Field(
+        default_factory=StagedPlan,
+        description="strategy staged only: stage 2's heads, seeds and probe (stage 1 screens "
+        "every candidate with one joint run per budget seed, on the objectives)",
     )
     objectives: list[Objective] = Field(default_factory=lambda: ["d_kl", "d_cka"], min_length=1)
     budget: Budget = Field(default_factory=Budget)

@@ -4,7 +4,7 @@ writes its trials into the search's Optuna study and resumes where it stopped. S
 (the baseline, the pre-screen, which runs are done) are in ``common``."""
 
 # isort: off
-from search.strategies import joint, independent, sampled, calibrate  # noqa: F401
+from search.strategies import joint, independent, sampled, calibrate, staged  # noqa: F401
 
 # isort: on
 from search.strategy import STRATEGIES

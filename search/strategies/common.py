@@ -44,8 +44,9 @@ def finished_count(ctx: SearchContext, strategy: str) -> int:
     )
 
 
-def run_baseline(ctx: SearchContext) -> None:
-    for seed in ctx.spec.seeds():
+def run_baseline(ctx: SearchContext, seeds: list[int] | None = None) -> None:
+    """The no-head baseline on each of ``seeds`` (default: the spec's) not yet run."""
+    for seed in seeds if seeds is not None else ctx.spec.seeds():
         if ctx.out_of_time() or ctx.cancelled():
             return
         if not ctx.claim(baseline_unit(seed), weight=0):

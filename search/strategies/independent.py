@@ -30,14 +30,17 @@ def run_independent(
     candidates: list[HeadSpec],
     seeds: list[int] | None = None,
     stage: int | None = None,
+    space: list[HeadSpec] | None = None,
 ) -> None:
     """Every (candidate, seed) not yet finished, claimed and read again before each run, so
     several processes can share one study: each skips what the others finished or run.
-    ``seeds`` default to the spec's; ``stage`` tags the trials (the staged strategy)."""
+    ``seeds`` default to the spec's; ``stage`` tags the trials and ``space`` (default:
+    ``candidates``) is the head distribution they are asked over (the staged strategy runs a
+    few of the candidates its study already knows)."""
     from search.claims import independent_unit
     from search.strategies.common import done_runs, knn_reporter, running_runs
 
-    dist = {"head": ctx.head_param(candidates)}
+    dist = {"head": ctx.head_param(space or candidates)}
     for seed in seeds if seeds is not None else ctx.spec.seeds():  # seed-major
         for head in candidates:
             if ctx.out_of_time() or ctx.cancelled():

@@ -16,6 +16,7 @@ import yaml
 from tqdm import tqdm
 
 from search.objectives import metric_of
+from search.strategies.staged import stage_line
 from service.cli.client import Client
 from service.cli.failures import fail_cleanly
 from service.cli.search import search_app
@@ -150,6 +151,8 @@ def follow(client: Client, search_id: str) -> None:
             )
         elif event.kind == "trial.reported":
             bar.set_postfix_str(f"{event.data.get('run')} epoch {event.data.get('epoch')}")
+        elif event.kind == "search.stage":
+            bar.write(stage_line(event.data))
         elif event.kind.startswith("search."):
             final = event.kind.removeprefix("search.")
     bar.close()

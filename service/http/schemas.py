@@ -36,6 +36,13 @@ class Progress(BaseModel):
     )
     finished: int = Field(description="runs that ended (any state)")
     failed: int = Field(description="runs that failed or were pruned")
+    stage: dict[str, Any] | None = Field(
+        None,
+        description="a staged search's current stage: stage (1 screen, 2 confirm), of, name, "
+        "planned runs of the stage, seeds, and (stage 2) the kept and screened-out heads; "
+        "given by GET /v1/searches/{id}, null otherwise",
+        examples=[{"stage": 2, "of": 2, "name": "confirm", "planned": 6, "kept": ["mlp-d1-nores"]}],
+    )
 
 
 def _links(search_id: uuid.UUID | str) -> dict[str, str]:
@@ -120,6 +127,7 @@ class SearchResource(BaseModel):
                 running=0 if search.status == "queued" else getattr(search, "running", None),
                 finished=search.finished,
                 failed=search.failed,
+                stage=getattr(search, "stage", None),
             ),
             best=search.best,
             error=search.error,

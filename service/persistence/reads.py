@@ -15,7 +15,7 @@ import uuid
 from sqlalchemy import Engine, Row, bindparam, func, select
 
 from service.errors import NotFound
-from service.persistence.models import Job, Search, SearchRun
+from service.persistence.models import Job, Search, SearchEvent, SearchRun
 from service.statuses import JobStatus, RunStatus
 
 # planned runs training now: claims held by a running shard job (service.persistence.runs)
@@ -27,6 +27,17 @@ RUNNING = (
     .correlate(Search)
     .scalar_subquery()
     .label("running")
+)
+
+# the stage a staged search is in: its latest ``search.stage`` event (None for one stage)
+STAGE = (
+    select(SearchEvent.data)
+    .where(SearchEvent.search_id == Search.id, SearchEvent.kind == "search.stage")
+    .order_by(SearchEvent.id.desc())
+    .limit(1)
+    .correlate(Search)
+    .scalar_subquery()
+    .label("stage")
 )
 
 # what SearchResource shows (schemas.SearchResource.from_search reads these attributes)
@@ -41,6 +52,7 @@ STATUS = select(
     Search.finished,
     Search.failed,
     RUNNING,
+    STAGE,
     Search.best,
     Search.error,
 ).where(Search.id == bindparam("search_id"), Search.tenant_id == bindparam("tenant_id"))

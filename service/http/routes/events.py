@@ -66,7 +66,8 @@ def sse(event: SearchEvent) -> str:
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "events `search.*`, `trial.started`, `trial.progress` (a running "
+            "description": "events `search.*` (`search.stage`: a staged search enters a "
+            "stage), `trial.started`, `trial.progress` (a running "
             "run's epoch, step and images/s, every few seconds), `trial.reported` (each "
             "evaluated epoch), `trial.finished` until a final "
             "`search.completed|failed|cancelled`",
