@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
+from search.evidence import card_lines
 from search.strategy import strategy_of
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ def note_markdown(study_name: str, report: dict[str, Any]) -> str:
     signal = (ranking.get("signal") or {}).get("line")
     if signal:  # the first thing to read: do the probes say anything beyond discrepancy?
         lines += [f"> {signal}", ""]
+    card = ranking.get("evidence")
+    if card:  # why this head, and how far the ranking metric can be trusted
+        lines += ["## Evidence", "", "```", *card_lines(card), "```", ""]
     lines += ["## Ranking", "", "```", report.get("table", "").rstrip(), "```", ""]
     corr = ranking.get("correlations") or {}
     if corr:

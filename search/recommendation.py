@@ -51,6 +51,8 @@ def build_recommendation(
         "decision": decision.get("line", ""),
         # whether the probes say anything beyond discrepancy (the one line to read first)
         "quality_signal": (ranking.get("signal") or {}).get("line", ""),
+        # which metric ranked, how well it predicted quality in the reference study, and why
+        "evidence": ranking.get("evidence"),
         "base": spec.base.model_dump(mode="json"),
         "metrics": best,
         "seed": spec.seed,

@@ -18,6 +18,8 @@ from search.bench_trial import run_trial_sleeping, sleep_seconds
 from search.claims import Claims, SoloClaims
 from search.context import SearchContext
 from search.dashboard import metric_names, publish
+from search.evidence import card_lines, evidence_card
+from search.objectives import metric_of
 from search.plot import plot_search
 from search.provenance import data_fingerprint, versions
 from search.ranking import correlations, pareto_front, rank, ranking_json, ranking_table, summarize
@@ -258,11 +260,16 @@ def ranking_report(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
     ranked = rank(summarize(recs), spec.objectives)
     front = pareto_front(ranked, spec.objectives)
     corr = correlations(recs)
+    ranked_by = [metric_of(o) for o in spec.objectives]
+    first = ranked[0].label if ranked and ranked[0].n else None
+    card = evidence_card(ranked_by, {**correlations(recs, ranked_by), **corr}, first)
+    ranking = ranking_json(ranked, spec.objectives, front, corr, baseline)
+    table = ranking_table(ranked, spec.objectives, baseline)
     return {
         "ranked": ranked,
         "baseline": baseline,
-        "table": ranking_table(ranked, spec.objectives, baseline),
-        "ranking": ranking_json(ranked, spec.objectives, front, corr, baseline),
+        "table": "\n".join([table, *card_lines(card)]),
+        "ranking": {**ranking, "evidence": card},
     }
 
 

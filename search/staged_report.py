@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 
+from search.evidence import card_lines, evidence_card
 from search.objectives import metric_of
 from search.plain import plain_json
 from search.ranking import (
@@ -187,7 +188,15 @@ def staged_report(study: optuna.Study, spec: SearchSpec, keep: int) -> dict[str,
             "stages": {"screen": [s.label for s in screen], "kept": kept},
         }
     )
-    return {"ranked": screen, "baseline": baseline, "table": table, "ranking": ranking}
+    ranked_by = [metric_of(o) for o in spec.objectives]
+    card = evidence_card(ranked_by, correlations(stage2, ranked_by), None, choice["line"])
+    table = "\n".join([table, *card_lines(card)])
+    return {
+        "ranked": screen,
+        "baseline": baseline,
+        "table": table,
+        "ranking": {**ranking, "evidence": card},
+    }
 
 
 def _confirmed_row(s: HeadSummary, verdicts: Sequence[Verdict], place: int) -> dict[str, Any]:

@@ -53,6 +53,12 @@ def test_joint_scores_every_head_of_one_run_and_recommends(tmp_path):
     assert ranking["heads"][0]["rank"] == 1 and ranking["baseline"]["n"] == 1
     assert "baseline" in outcome.table and "floor" in outcome.table
     assert outcome.files["plot"].read_bytes()[:4] == b"\x89PNG"
+    # the evidence card, in the table, the ranking JSON and the recommendation file
+    card = ranking["evidence"]
+    assert card["ranked_by"] == ["d_kl", "d_cka"] and card["reference"]["heads"] >= 8
+    assert card["why"].startswith(f"{ranking['heads'][0]['label']}: rank 1 on D_kl, D_cka")
+    assert "evidence: ranked by D_kl, D_cka" in outcome.table
+    assert json.loads(outcome.files["json"].read_text())["evidence"] == card
 
 
 def test_recommendation_round_trip_builds_the_head(tmp_path):
