@@ -295,13 +295,21 @@ def write_ranking_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"ranking": out_dir / "ranking.json"}
     files["ranking"].write_text(json.dumps(report["ranking"], indent=2) + "\n")
-    disc = next((o for o in spec.objectives if o.startswith("d_")), "d_kl")
+    disc = next((o for o in spec.objectives if o.startswith("d_")), spec.objectives[0])
+    confirmed = {
+        h["label"]: (g["mean"], g["lo"], g["hi"])
+        for h in report["ranking"]["heads"]
+        if (g := h.get("paired_gain"))
+    }
     files["plot"] = plot_search(
         report["ranked"],
         out_dir / "ranking.png",
         title=study.study_name,
         discrepancy=disc,
         baseline=report["baseline"],
+        shared_base=strategy_of(spec).shared_base,
+        gains=confirmed,
+        caption=(report["ranking"].get("evidence") or {}).get("why", ""),
     )
     try:
         rec = build_recommendation(

@@ -28,6 +28,7 @@ class Strategy:
     summary: ClassVar[str]  # one line for the spec's description and the docs
     prescreen: ClassVar[bool] = False  # honours budget.prescreen_keep
     baseline: ClassVar[bool] = True  # honours include_baseline (runs the no-head baseline)
+    shared_base: ClassVar[bool] = False  # its heads share one base (one probe score for all)
 
     # --- what it plans (from the spec alone) -------------------------------------------------
 

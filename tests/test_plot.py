@@ -80,3 +80,56 @@ def test_plot_all_nan_and_empty(tmp_path: Path):
 def test_plot_rejects_unknown_metric(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown objective"):
         plot_search([], tmp_path / "x.png", discrepancy="d_nope")
+
+
+def _crowd(n: int, same_accuracy: bool) -> list[TrialRecord]:
+    """``n`` heads, one seed each; with ``same_accuracy`` every head has the same probe value
+    (one shared base: a joint run), otherwise close points."""
+    heads = [HeadSpec("convnext", depth=1 + i % 3, kernel=3 + 2 * (i % 4)) for i in range(12)]
+    heads += [HeadSpec("mlp", depth=1 + i % 6, width_ratio=1.0 + i // 6) for i in range(12)]
+    return [
+        _rec(
+            i,
+            h,
+            0,
+            {
+                "d_kl": 0.50 + 0.001 * i,
+                "d_cka": 0.3,
+                "knn_cls": 0.41 if same_accuracy else 0.41 + 0.0005 * i,
+            },
+        )
+        for i, h in enumerate(heads[:n])
+    ]
+
+
+@pytest.mark.parametrize("shared_base", [True, False])
+def test_crowded_plots_draw_no_overlapping_labels(tmp_path: Path, shared_base: bool):
+    from search.plot import draw_search, overlapping_texts
+
+    ranked = rank(summarize(_crowd(24, same_accuracy=shared_base)), ["d_kl"])
+    gains = {ranked[0].label: (0.031, 0.004, 0.058)} if shared_base else None
+    caption = "convnext-d1-k3-nores: paired linear gain +3.1 pp [+0.4, +5.8] over the baseline"
+    fig = draw_search(ranked, shared_base=shared_base, gains=gains, caption=caption)
+    assert overlapping_texts(fig) == []
+    texts = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    assert any(caption in t for t in texts)  # the evidence sentence is the caption
+    if shared_base:  # what separates the heads, and the stage-2 gain where confirmed
+        assert any("stage 2: +3.1 pp [+0.4, +5.8]" in t for t in texts)
+        assert any("one shared base" in t for t in texts)
+    path = plot_search(ranked, tmp_path / "crowd.png", shared_base=shared_base, caption=caption)
+    image = matplotlib.image.imread(path)
+    assert image.shape[1] == 1200 and image.shape[0] > 500  # taller for 24 heads
+
+
+def test_the_overlap_check_bites():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from search.plot import overlapping_texts
+
+    fig = Figure(figsize=(4, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, "one label")
+    ax.text(0.5, 0.5, "another label")
+    assert overlapping_texts(fig) == [("one label", "another label")]

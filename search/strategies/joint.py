@@ -20,6 +20,7 @@ class Joint(Ranked):
     name = "joint"
     summary = "one proxy run per seed with every candidate on one shared base (the paper's)"
     prescreen = True
+    shared_base = True
 
     def check(self, spec) -> None:
         if set(spec.objectives) - set(LABEL_FREE):

@@ -36,6 +36,7 @@ class Staged(Strategy):
         "a joint screen of every candidate, then paired independent runs of the best "
         "staged.keep beside the baseline; recommends by measured probe gain (or the baseline)"
     )
+    shared_base = True  # its ranked heads are the screen's (one joint base per seed)
     baseline = False  # it runs its own, on stage 2's seeds, whatever include_baseline says
 
     def defaults(self, data: dict[str, Any]) -> dict[str, Any]:
