@@ -33,6 +33,7 @@ import yaml
 
 from search.run import run_search
 from search.spec import SearchSpec
+from training.threads import apply_thread_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = Path(__file__).with_name("study_v2.yaml")
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    apply_thread_policy()  # the trial processes pick their threads as each run starts
     if args.part is None and not args.report:
         parser.error("say which --part to train, or --report")
     specs = part_specs(load_plan(args.config))

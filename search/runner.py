@@ -440,14 +440,15 @@ def _child_main(conn, parent_pid: int) -> None:
 
     from training.loop import run_trial
     from training.runtime import cap_memory
+    from training.threads import trial_threads
 
     try:
         conn.send(("ready", time.perf_counter() - t0))
         _, config, output_dir, memory_limit_mb = conn.recv()
     except (EOFError, OSError):
         return
-    threads = _env_threads()
-    if threads is not None:  # as torch would at start-up; explicit since torch is in already
+    threads = trial_threads()  # the user's count, or the cores free now (training.threads)
+    if threads is not None:  # explicit: torch is in already (the warm pool imported it)
         torch.set_num_threads(threads)
     if memory_limit_mb is not None:
         cap_memory(memory_limit_mb, config.get("device", "auto"))
@@ -469,14 +470,6 @@ def _child_main(conn, parent_pid: int) -> None:
         result = _failed(f"{type(exc).__name__}: {exc}", started)
     conn.send(("result", result.to_dict()))
     conn.close()
-
-
-def _env_threads() -> int | None:
-    try:
-        threads = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        return None
-    return threads if threads > 0 else None
 
 
 def _death_reason(exitcode: int | None) -> str:

@@ -44,6 +44,9 @@ def main() -> None:
     (``service.cli.failures.fail_cleanly``). ``hssl`` or a group alone still prints its help."""
     import sys
 
+    from training.threads import apply_thread_policy
+
+    apply_thread_policy()  # before torch loads: bounded OpenMP spin, threads chosen per run
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

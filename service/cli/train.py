@@ -64,8 +64,13 @@ def train(
     progress: Annotated[bool, Opt(help="progress bar on stderr")] = True,
 ) -> None:
     options = {k: v for k, v in locals().items() if k not in ("out", "progress")}
-    from training.loop import run_trial
+    import torch
 
+    from training.loop import run_trial
+    from training.threads import trial_threads
+
+    if (threads := trial_threads()) is not None:  # the user's, or the cores free now
+        torch.set_num_threads(threads)
     cfg = build_config(**options)
     out = out or Path("runs") / _run_name(cfg)
     result = run_trial(cfg, echo_epoch, output_dir=out, progress=progress)

@@ -5,8 +5,8 @@ shard jobs at once, so up to N runs train side by side; each run gets
 - on CUDA, 1/N of the device's memory, through the per-trial cap the runner already applies
   (``training.runtime.cap_memory``); a search's own ``budget.trial_memory_mb`` still applies
   when it is smaller;
-- on a CPU, 1/N of the cores as its thread count (``OMP_NUM_THREADS`` of the trial processes,
-  unless the operator set it).
+- on a CPU, at most 1/N of the cores as its thread count, fewer when other processes keep
+  cores busy as the run starts (``training.threads``: the operator's ``OMP_NUM_THREADS`` wins).
 
 Pin a worker to one GPU with ``CUDA_VISIBLE_DEVICES``; run one worker per GPU, on any number of
 hosts, against one PostgreSQL (see the README).
@@ -17,19 +17,9 @@ from __future__ import annotations
 import logging
 import os
 
+from training.threads import CAP_VAR, apply_thread_policy
+
 log = logging.getLogger(__name__)
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def share_threads(slots: int) -> int | None:
-    """Give trial processes started from now on ``cores // slots`` threads each (at least
-    one), unless the environment already says; returns the count set (None: left alone)."""
-    if slots <= 1 or any(os.environ.get(v) for v in THREAD_VARS):
-        return None
-    threads = max(1, (os.cpu_count() or 1) // slots)
-    for var in THREAD_VARS:
-        os.environ[var] = str(threads)
-    return threads
 
 
 def slot_memory_mb(slots: int) -> int | None:
@@ -53,7 +43,7 @@ def configure(slots: int, warm_pool: bool = True) -> int | None:
     returns the per-trial memory cap (MiB) or None."""
     if warm_pool:
         os.environ.setdefault("HSSL_WARM_POOL", "1")
-    threads = share_threads(slots)
+    threads = apply_thread_policy(slots=slots).get(CAP_VAR)
     memory = slot_memory_mb(slots)
-    log.info("%d slot(s): %s threads, %s MiB GPU memory per trial", slots, threads, memory)
+    log.info("%d slot(s): at most %s threads, %s MiB GPU memory per trial", slots, threads, memory)
     return memory
