@@ -99,7 +99,8 @@ def collapse_reason(metrics: Mapping[str, Any]) -> str:
     status = metrics.get("collapse")
     if status is None:
         return "collapse not measured: the final metrics have no collapse status"
-    info, entropy, ln_k = (metrics.get(k) for k in ("target_information", "target_entropy", "ln_k"))
+    info, entropy = metrics.get("target_information"), metrics.get("target_entropy")
+    ln_k = metrics.get("ln_k")
     detail = ""
     if _finite(info) and _finite(entropy) and _finite(ln_k):
         detail = f" (information {info:.4f} nats; target entropy {entropy:.3f} of ln K {ln_k:.3f})"

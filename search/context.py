@@ -21,9 +21,12 @@ from search.runner import Report
 from search.spec import SearchSpec
 from search.storage import directions, reconcile_unit
 from training.config import HeadSpec
+from training.metrics import keys as metric_keys
 from training.recipe import TrialConfig, TrialResult
 
 Runner = Callable[..., TrialResult]
+# what an epoch's trial.reported event carries: the probes and the per-head label-free metrics
+BRIEF = (*metric_keys(kind="probe"), *metric_keys(kind="label_free", scope="head"))
 
 
 @dataclass
@@ -63,7 +66,7 @@ class SearchContext:
         self.emit("trial.started", {"run": name, "heads": heads, "seed": config.seed})
 
         def reported(epoch: int, metrics: dict[str, Any]) -> bool:
-            keys = ("loss", "knn_cls", "knn_patch", "linear", "finetune", "d_kl", "d_cka")
+            keys = ("loss", *BRIEF)
             brief = {k: metrics[k] for k in keys if isinstance(metrics.get(k), float)}
             self.emit("trial.reported", {"run": name, "epoch": epoch, **brief})
             return bool(report(epoch, metrics)) if report else False

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.metrics import display
+from training.metrics import display, primary_probes
 
 REFERENCE = Path(__file__).with_name("reference_evidence.json")
-PRIMARY = ("linear", "knn_cls")
+PRIMARY = primary_probes()
 MIN_OWN_RUNS = 5  # a search's own ρ is shown from this many runs with both values
 
 

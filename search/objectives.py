@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from training.metrics import by_objective, metrics, objective_names
+from training.metrics import (
+    by_objective,
+    default_objectives,
+    metrics,
+    objective_names,
+    primary_probes,
+)
 
 # objective → metric key in a run's final metrics (and in a trial's ``final`` attribute)
 METRIC_OF: dict[str, str] = {m.objective: m.key for m in metrics() if m.objective}
@@ -23,6 +29,9 @@ BASE_ESTIMATORS = tuple(
     m.objective for m in metrics(kind="label_free", scope="base") if m.objective
 )
 PROBE_OBJECTIVES = tuple(m.objective for m in metrics(kind="probe") if m.objective)
+PRIMARY_PROBES = primary_probes()  # metric keys: what quality means (linear, k-NN [CLS])
+PrimaryProbe = Literal[tuple(m.objective for m in metrics() if m.primary)]  # type: ignore[valid-type]
+DEFAULT_OBJECTIVES = default_objectives()  # a spec's objectives when it names none
 
 
 def metric_of(objective: str) -> str:

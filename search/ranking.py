@@ -25,6 +25,7 @@ from search.stats import average_ranks, bootstrap_ci, mean_sd, spearman
 from search.storage import INTERRUPTED
 from training.config import HeadSpec
 from training.metrics import keys
+from training.metrics import metrics as declared
 
 ACCURACIES = PROBES
 INIT_DISCREPANCIES = (*keys(kind="label_free"), "h_target")  # the pre-screen reads these
@@ -198,20 +199,26 @@ def pareto_front(summaries: Sequence[HeadSummary], objectives: Sequence[str]) ->
 
 def correlations(
     records: Sequence[TrialRecord],
-    discrepancies: Sequence[str] = ("d_kl", "d_cka", "d_loss"),
+    discrepancies: Sequence[str] | None = None,
     accuracies: Sequence[str] | None = None,
 ) -> dict[str, dict]:
-    """Spearman ρ of each discrepancy against each probe accuracy, per trial (seeds count).
+    """Spearman ρ of each label-free metric (default: every one that can be an objective)
+    against each probe accuracy (default: the primary probes, and any other objective probe
+    that was measured), per trial (seeds count).
 
     Keys are ``"disc~acc"``; values ``{"rho", "ci": [lo, hi], "n"}`` over COMPLETE records
     with finite final values of both. ρ and its 95% bootstrap interval are NaN when there are
     fewer than 3 such trials or a side is constant (method §4: the paper's claim, per base).
     """
     done = [r for r in records if r.ok]
-    if accuracies is None:  # k-NN and linear always; the fine-tune probe where it was measured
-        accuracies = ["knn_cls", "linear"]
-        if any("finetune" in r.final for r in done):
-            accuracies.append("finetune")
+    if discrepancies is None:
+        discrepancies = [m.key for m in declared(kind="label_free") if m.objective]
+    if accuracies is None:
+        accuracies = [
+            m.key
+            for m in declared(kind="probe")
+            if m.objective and (m.primary or any(m.key in r.final for r in done))
+        ]
     out: dict[str, dict] = {}
     for d in (metric_name(m) for m in discrepancies):
         for a in (metric_name(m) for m in accuracies):
@@ -251,8 +258,11 @@ def ranking_table(
     names = [metric_name(o) for o in objectives]
     columns = [m for m in names if m not in ACCURACIES]
     rows = [*ranked, *([baseline] if baseline else [])]
-    measured = [m for m in ("linear", "finetune") if any(_finite(s.mean[m]) for s in rows)]
-    probes = ["knn_cls", *measured]
+    probes = [  # k-NN [CLS] always; the other objective probes where measured
+        m.key
+        for m in declared(kind="probe")
+        if m.objective and (m.key == "knn_cls" or any(_finite(s.mean[m.key]) for s in rows))
+    ]
     header = ["rank", "head", *columns, "score", *(f"{m} (se, floor, gain)" for m in probes)]
     lines = [[*header, "n ok/collapsed/failed"]]
     for s in rows:

@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search.objectives import LABEL_FREE, PROBE_OBJECTIVES, Objective
+from search.objectives import (
+    DEFAULT_OBJECTIVES,
+    LABEL_FREE,
+    PROBE_OBJECTIVES,
+    Objective,
+    PrimaryProbe,
+)
 from search.strategy import STRATEGIES
 from training.config import HEAD_FAMILIES, POOLINGS, BaseSpec, HeadSpec
 from training.errors import SpecError
@@ -206,7 +212,7 @@ class StagedPlan(Strict):
 
     keep: int = Field(3, ge=1, le=64, description="heads the screen keeps for stage 2")
     seeds: int = Field(3, ge=2, le=20, description="paired seeds per stage-2 head and baseline")
-    probe: Literal["linear", "knn"] = Field(
+    probe: PrimaryProbe = Field(
         "linear", description="the primary probe the paired gain over the baseline is read on"
     )
     alpha: float = Field(
@@ -242,7 +248,9 @@ class SearchSpec(Strict):
         description="strategy staged only: stage 2's heads, seeds and probe (stage 1 screens "
         "every candidate with one joint run per budget seed, on the objectives)",
     )
-    objectives: list[Objective] = Field(default_factory=lambda: ["d_kl", "d_cka"], min_length=1)
+    objectives: list[Objective] = Field(
+        default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1
+    )
     budget: Budget = Field(default_factory=Budget)
     include_baseline: bool = Field(False, description="also run plain iBOT (no head)")
     seed: int = Field(0, ge=0, le=2**31 - 1)

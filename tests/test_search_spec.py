@@ -46,7 +46,10 @@ def test_each_bad_field_is_named_with_what_is_allowed():
     assert "base.name: unknown timm model 'vit_tny_patch16_224'; did you mean" in message
     assert "budget.epochs: Input should be greater than or equal to 1" in message
     assert "space.families.0: Input should be 'convnext'" in message
-    assert "strategy: Input should be 'joint', 'independent', 'optuna' or 'calibrate'" in message
+    assert (
+        "strategy: Input should be 'joint', 'independent', 'optuna', 'calibrate' or 'staged'"
+        in message
+    )
 
 
 def test_explicit_heads_are_parsed_and_bad_ones_named():

@@ -37,6 +37,10 @@ class Metric:
     direction: Direction = "maximize"  # which way is better, when it is an objective
     objective: str | None = None  # the name a search spec uses for it (None: not an objective)
     at_init: bool = True  # measured at initialisation too (the floor of a probe)
+    primary: bool = (
+        False  # a primary probe: what quality means in the studies and the staged search
+    )
+    default: bool = False  # a default objective of a search spec (set from the studies)
     doc: str = ""
 
     @property
@@ -85,6 +89,16 @@ def by_objective(name: str) -> Metric:
     raise ValueError(f"unknown objective {name!r}; choose from {', '.join(objective_names())}")
 
 
+def primary_probes() -> tuple[str, ...]:
+    """The primary probes' metric keys (study v2's PLAN: linear and k-NN [CLS])."""
+    return tuple(m.key for m in REGISTRY.values() if m.primary)
+
+
+def default_objectives() -> tuple[str, ...]:
+    """The objectives a search spec ranks by when it names none."""
+    return tuple(m.objective for m in REGISTRY.values() if m.default and m.objective)
+
+
 def display(key: str) -> str:
     metric = REGISTRY.get(key)
     return metric.display if metric else key
@@ -99,6 +113,7 @@ register(
         "probe",
         "base",
         objective="knn",
+        primary=True,
         doc="weighted k-NN (k 20, T 0.07) on the teacher base's [CLS] (method §8)",
     )
 )
@@ -112,6 +127,7 @@ register(
         "probe",
         "base",
         objective="linear",
+        primary=True,
         doc="L-BFGS logistic regression on [CLS] + mean patch token",
     )
 )
@@ -132,6 +148,7 @@ register(
         "label_free",
         "head",
         objective="d_kl",
+        default=True,
         doc="D_loss − H(target): the head target's KL to the base prediction (method §4)",
     )
 )
@@ -142,6 +159,7 @@ register(
         "label_free",
         "head",
         objective="d_cka",
+        default=True,
         doc="1 − linear CKA of the base and head global features (method §4)",
     )
 )

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from search.claims import baseline_unit
 from search.context import SearchContext
+from search.objectives import DEFAULT_OBJECTIVES, LABEL_FREE
 from search.records import head_metrics
 from search.storage import INTERRUPTED
 from training.config import HeadSpec
@@ -85,7 +86,7 @@ def prescreen(ctx: SearchContext, candidates: list[HeadSpec], keep: int) -> list
             raise RuntimeError(f"the pre-screen run failed: {result.reason}")
         stored = {h.label(): head_metrics(result.init_metrics, h.label()) for h in candidates}
         ctx.study.set_user_attr("prescreen", stored)
-    keys = [o for o in ctx.spec.objectives if o.startswith("d_")] or ["d_kl", "d_cka"]
+    keys = [o for o in ctx.spec.objectives if o in LABEL_FREE] or list(DEFAULT_OBJECTIVES)
     kept = sorted(candidates, key=lambda h: _mean_rank(stored, h.label(), keys))[:keep]
     ctx.study.set_user_attr("prescreen_kept", [h.label() for h in kept])
     return kept
