@@ -32,7 +32,13 @@ def test_submit_returns_202_location_and_resource(start):
     sid = body["id"]
     assert r.headers["location"] == f"/v1/searches/{sid}"
     assert body["name"] == "my-search" and body["status"] == "queued"
-    assert body["progress"] == {"planned": 1, "running": 0, "finished": 0, "failed": 0}
+    assert body["progress"] == {
+        "planned": 1,
+        "running": 0,
+        "finished": 0,
+        "failed": 0,
+        "stage": None,  # a staged search's stage; one stage otherwise
+    }
     assert body["best"] is None and body["error"] is None and body["started_at"] is None
     assert body["created_at"].endswith(("Z", "+00:00"))
     assert body["links"] == {

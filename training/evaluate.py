@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from training.data import ImageSet, eval_view, iterate_batches
 from training.discrepancy import cka_discrepancy, loss_discrepancy, target_probs
 from training.network import HSSLNetwork
 from training.objective import HSSLObjective
+from training.phases import untimed
 from training.probes import knn_accuracy, linear_probe, with_sampling_se
 
 
@@ -93,36 +95,39 @@ def probe_metrics(
     temperature: float,
     linear: bool,
     seed: int,
+    phases: Callable[[str], contextlib.AbstractContextManager] = untimed,
 ) -> dict[str, float]:
     """Weighted k-NN on [CLS] and on the mean patch token; optionally a linear probe on both;
     each accuracy with its binomial sampling SE (``<key>_se``) and the images read
-    (``heldout_n``)."""
-    metrics = {
-        "knn_cls": knn_accuracy(
-            bank.base,
-            bank.labels,
-            query.base,
-            query.labels,
-            num_classes=num_classes,
-            k=k,
-            temperature=temperature,
-        ),
-        "knn_patch": knn_accuracy(
-            bank.patch_mean,
-            bank.labels,
-            query.patch_mean,
-            query.labels,
-            num_classes=num_classes,
-            k=k,
-            temperature=temperature,
-        ),
-    }
+    (``heldout_n``). ``phases`` times the ``knn`` and ``linear`` parts."""
+    with phases("knn"):
+        metrics = {
+            "knn_cls": knn_accuracy(
+                bank.base,
+                bank.labels,
+                query.base,
+                query.labels,
+                num_classes=num_classes,
+                k=k,
+                temperature=temperature,
+            ),
+            "knn_patch": knn_accuracy(
+                bank.patch_mean,
+                bank.labels,
+                query.patch_mean,
+                query.labels,
+                num_classes=num_classes,
+                k=k,
+                temperature=temperature,
+            ),
+        }
     if linear:
-        train_x = torch.cat([bank.base, bank.patch_mean], 1)
-        test_x = torch.cat([query.base, query.patch_mean], 1)
-        metrics["linear"] = linear_probe(
-            train_x, bank.labels, test_x, query.labels, num_classes=num_classes, seed=seed
-        )
+        with phases("linear"):
+            train_x = torch.cat([bank.base, bank.patch_mean], 1)
+            test_x = torch.cat([query.base, query.patch_mean], 1)
+            metrics["linear"] = linear_probe(
+                train_x, bank.labels, test_x, query.labels, num_classes=num_classes, seed=seed
+            )
     n = len(query.labels)
     return {**with_sampling_se(metrics, n), "heldout_n": float(n)}
 

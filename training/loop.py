@@ -81,7 +81,7 @@ def _train(
     _restart_log(s)
     if s.start_epoch == 0 and cfg.eval_at_init:
         s.init_metrics = evaluate_session(s, epoch=0, final=False, linear=cfg.linear_probe)
-        _log(s, {"epoch": 0, **s.init_metrics})
+        _log(s, {"epoch": 0, **s.init_metrics, "phase_s": s.phases.take()})
         if _report(s, report, 0, s.init_metrics):
             return _result(s, "stopped", started)
     images_seen, train_time = 0, 0.0
@@ -91,11 +91,12 @@ def _train(
         images = s.steps_per_epoch * cfg.batch_size * s.runtime.world_size
         images_seen, train_time = images_seen + images, train_time + seconds
         s.history.append(record)
-        _log(s, {**record, **_timing(images, seconds, t0)})
         s.epochs_done = epoch + 1
         last = epoch + 1 == cfg.epochs
         if s.checkpoint_path and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-            s.save_checkpoint()
+            with s.phases("checkpoint"):
+                s.save_checkpoint()
+        _log(s, {**record, **_timing(images, seconds, t0), "phase_s": s.phases.take()})
         speed = _per_s(images_seen, train_time)
         if _report(s, report, epoch + 1, record) and not last:
             return _result(s, "stopped", started, speed)
@@ -176,9 +177,11 @@ def train_one_epoch(
         leave=False,
         dynamic_ncols=True,
     )
-    t0 = last = time.perf_counter()
+    t0 = last = fetched = time.perf_counter()
     for it, (images, _) in enumerate(bar):
-        parts = train_step(s, images, epoch, it, gen, mask_rng, teacher_temp)
+        s.phases.add("data", time.perf_counter() - fetched)
+        with s.phases("train_step"):
+            parts = train_step(s, images, epoch, it, gen, mask_rng, teacher_temp)
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{parts['loss']:.3f}")
@@ -196,6 +199,7 @@ def train_one_epoch(
                     "loss": round(parts["loss"], 4),
                 }
             )
+        fetched = time.perf_counter()
     n = max(s.steps_per_epoch, 1)
     return {key: value / n for key, value in sums.items()}
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 FILENAME = "log.jsonl"
-TIMING_FIELDS = ("images_per_s", "epoch_time_s")  # measured, so they differ between two runs
+# measured, so they differ between two runs (phase_s: seconds per phase, training.phases)
+TIMING_FIELDS = ("images_per_s", "epoch_time_s", "phase_s")
 
 
 def append(path: Path, line: dict[str, Any]) -> None:

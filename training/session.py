@@ -23,6 +23,7 @@ from training.errors import DataError, HSSLError
 from training.network import HSSLNetwork
 from training.objective import HSSLObjective
 from training.optim import param_groups
+from training.phases import Phases
 from training.recipe import TrialConfig
 from training.runtime import Runtime, resolve, seed_everything
 from training.schedules import cosine_schedule, lr_for_batch, teacher_temperature
@@ -58,6 +59,7 @@ class Session:
     epochs_done: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     init_metrics: dict[str, Any] = field(default_factory=dict)
+    phases: Phases = field(default_factory=Phases)  # seconds per phase, into log.jsonl
 
     @property
     def grid(self) -> tuple[int, int]:

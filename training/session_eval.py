@@ -34,7 +34,8 @@ def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> di
     the raw-pixel reference is measured: the honest floor (``training.floor``)."""
     metrics = _evaluate_on_main(s, epoch, final, linear) if s.runtime.main else {}
     if s.runtime.main and s.config.finetune_probe and (epoch == 0 or final):
-        metrics.update(_finetune_probe(s))
+        with s.phases("finetune"):
+            metrics.update(_finetune_probe(s))
     if s.runtime.world_size > 1:
         dist.barrier()
     return metrics
@@ -45,15 +46,19 @@ def _evaluate_on_main(s: Session, epoch: int, final: bool, linear: bool) -> dict
     fixed interim subset (``TrialConfig.interim_eval_images``) in between; the collapse
     diagnostics and discrepancies on the interim subset at every evaluation (comparable across
     epochs, and a fraction of the cost: they read four passes of the network)."""
-    cfg = s.config
+    cfg, timed = s.config, s.phases
     if epoch == 0 and cfg.recalibrate_bn:
-        for net in (s.teacher, s.network):
-            recalibrate_bn(net, s.train_set, img_size=cfg.base.img_size, device=s.runtime.device)
+        with timed("bn_recalibration"):
+            for net in (s.teacher, s.network):
+                recalibrate_bn(
+                    net, s.train_set, img_size=cfg.base.img_size, device=s.runtime.device
+                )
     kw = _embed_kwargs(s)
     whole = (epoch == 0 or final) and s.interim_set is not s.heldout_set
-    bank = embed_set(s.teacher, s.train_set, limit=cfg.eval_bank_limit, **kw)
-    interim = embed_set(s.teacher, s.interim_set, patch_limit=PATCH_DIAGNOSTIC_IMAGES, **kw)
-    query = embed_set(s.teacher, s.heldout_set, **kw) if whole else interim
+    with timed("features"):
+        bank = embed_set(s.teacher, s.train_set, limit=cfg.eval_bank_limit, **kw)
+        interim = embed_set(s.teacher, s.interim_set, patch_limit=PATCH_DIAGNOSTIC_IMAGES, **kw)
+        query = embed_set(s.teacher, s.heldout_set, **kw) if whole else interim
     metrics: dict[str, Any] = dict(
         probe_metrics(
             bank,
@@ -63,17 +68,22 @@ def _evaluate_on_main(s: Session, epoch: int, final: bool, linear: bool) -> dict
             temperature=cfg.knn_temperature,
             linear=linear,
             seed=cfg.seed,
+            phases=timed,
         )
     )
-    metrics.update(estimator_metrics(query.base))
+    with timed("estimators"):
+        metrics.update(estimator_metrics(query.base))
     if epoch == 0 and cfg.pixel_reference:
-        metrics.update(_pixel_reference(s, linear))
+        with timed("pixels"):
+            metrics.update(_pixel_reference(s, linear))
     temp = float(s.schedules.teacher_temp[min(epoch, cfg.epochs - 1)])
-    diagnostics = collapse_metrics(interim, s.objective, teacher_temp=temp)
+    with timed("collapse"):
+        diagnostics = collapse_metrics(interim, s.objective, teacher_temp=temp)
     head_rows = diagnostics.pop("head_rows", [])
     metrics.update(diagnostics)
     if cfg.heads:
-        metrics.update(_head_metrics(s, interim, head_rows, temp))
+        with timed("discrepancies"):
+            metrics.update(_head_metrics(s, interim, head_rows, temp))
     return metrics
 
 
