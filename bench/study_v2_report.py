@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,11 +79,13 @@ def markdown(r: dict[str, Any]) -> str:
         + ("**Complete.**" if s["complete"] else "**Partial: the study is still running.**"),
         "",
         *_table(
-            ["part", "runs finished", "runs planned"],
+            ["part", "trials finished", "trials planned"],
             [[k, str(v["done"]), str(v["planned"])] for k, v in s["parts"].items()],
         ),
-        "Probes in percent (mean ± sd over seeds); SE = the mean binomial sampling SE of one "
-        "reading on 8,000 images. A run whose target collapsed is left out everywhere "
+        "A trial is one head on one seed (the independent parts count their baseline runs too; "
+        "a joint run holds one trial per head). Probes in percent (mean ± sd over seeds); "
+        "SE = the mean binomial sampling SE of one reading on 8,000 images. A run whose "
+        "target collapsed is left out everywhere "
         f"(collapsed so far: {', '.join(s['collapsed']) or 'none'}).",
         "",
         "## (a) The controlled contrast: ConvNeXt d2 k3 without vs with the first residual",
@@ -338,6 +341,15 @@ def plots(r: dict[str, Any], runs: Sequence[dict[str, Any]], out: Path) -> None:
     FigureCanvasAgg(fig).print_png(str(out / "rho_per_epoch.png"))
 
 
+def snapshot(storage: Path, copy: Path) -> None:
+    """A consistent copy of the study's SQLite storage (the raw data, committed beside the
+    report; copy it back under the work folder to resume), taken while runs may write."""
+    if not storage.is_file():
+        return
+    with sqlite3.connect(storage) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+
+
 def write_report(specs: dict[str, SearchSpec], work: Path, out: Path) -> dict[str, Any]:
     """Read the three studies, analyse them as registered, write the outputs; returns the
     status (runs done and planned per part)."""
@@ -377,6 +389,7 @@ def write_report(specs: dict[str, SearchSpec], work: Path, out: Path) -> dict[st
         "runs": runs,
     }
     out.mkdir(parents=True, exist_ok=True)
+    snapshot(work / "optuna.sqlite3", out / "optuna.sqlite3")
     plots(results, runs["panel"], out)
     (out / "report.md").write_text(markdown(results))
     (out / "results.json").write_text(

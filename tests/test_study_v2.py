@@ -173,6 +173,10 @@ def test_the_driver_trains_resumes_and_reports(tmp_path: Path) -> None:
     ):
         assert section in report
     assert (tmp_path / "out" / "dkl_vs_linear.png").stat().st_size > 5000
+    import optuna  # the raw storage beside the report: every part's study, readable
+
+    names = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'out' / 'optuna.sqlite3'}")
+    assert sorted(names) == ["study-v2-contrast", "study-v2-joint", "study-v2-panel"]
     again = subprocess.run(
         [*command, "--part", "contrast"], capture_output=True, text=True, check=True
     )
