@@ -38,8 +38,7 @@ from search.storage import (
     study_name,
 )
 from search.strategies.common import prescreen, run_baseline
-from search.strategies.staged import stage_line
-from search.strategy import strategy_of
+from search.strategy import stage_line, strategy_of
 from training.data.datasets import resolve_source
 from training.errors import HSSLError
 

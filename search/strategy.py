@@ -114,3 +114,14 @@ def strategy_of(spec_or_name: Any) -> Strategy:
     except KeyError:
         known = ", ".join(STRATEGIES)
         raise ValueError(f"unknown strategy {name!r}; choose from {known}") from None
+
+
+def stage_line(stage: dict[str, Any]) -> str:
+    """A staged search entering a stage (its ``search.stage`` event), in one line."""
+    line = f"stage {stage.get('stage')}/{stage.get('of')} ({stage.get('name')}): "
+    line += f"{stage.get('planned')} run(s) on seeds {stage.get('seeds')}"
+    if stage.get("kept") is not None:
+        line += f"; kept {', '.join(stage['kept']) or 'none'}"
+        if stage.get("screened_out"):
+            line += f"; screened out {', '.join(stage['screened_out'])}"
+    return line

@@ -145,14 +145,3 @@ def _screened_in(ctx: SearchContext, candidates: list[HeadSpec], keep: int) -> l
         ctx.study.set_user_attr("stage2_heads", stored)
     by_label = {h.label(): h for h in candidates}
     return [by_label[label] for label in stored if label in by_label]
-
-
-def stage_line(stage: dict[str, Any]) -> str:
-    """A staged search entering a stage (its ``search.stage`` event), in one line."""
-    line = f"stage {stage.get('stage')}/{stage.get('of')} ({stage.get('name')}): "
-    line += f"{stage.get('planned')} run(s) on seeds {stage.get('seeds')}"
-    if stage.get("kept") is not None:
-        line += f"; kept {', '.join(stage['kept']) or 'none'}"
-        if stage.get("screened_out"):
-            line += f"; screened out {', '.join(stage['screened_out'])}"
-    return line

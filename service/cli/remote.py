@@ -16,7 +16,7 @@ import yaml
 from tqdm import tqdm
 
 from search.objectives import metric_of
-from search.strategies.staged import stage_line
+from search.strategy import stage_line
 from service.cli.client import Client
 from service.cli.failures import fail_cleanly
 from service.cli.search import search_app
