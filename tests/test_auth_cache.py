@@ -59,6 +59,7 @@ def test_with_the_cache_off_every_request_checks_its_key(start):
     assert len(taken) == 6
 
 
+@pytest.mark.slow
 def test_a_revoke_by_another_process_takes_effect_within_key_cache_s(start):
     api = start(key_cache_s=2.0)
     key = api.tenant("acme")

@@ -61,6 +61,7 @@ def test_the_strategy_is_a_search_spec_and_defaults_to_the_knn_probe():
         tiny(strategy="calibrate", objectives=["d_kl", "d_cka"])
 
 
+@pytest.mark.slow
 def test_a_seeded_calibration_ranks_recipes_and_its_best_round_trips(tmp_path):
     spec = tiny(strategy="calibrate", budget={"trials": 3})
     outcome = run_search(spec, tmp_path, progress=False, isolate=False)
@@ -109,6 +110,7 @@ def hssl(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_cli_calibrates_a_head_search_spec_and_writes_the_recipe(tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump({**TINY_SEARCH, "name": "mine", "objectives": ["d_kl"]}))

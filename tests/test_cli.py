@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import timm
 import torch
 import yaml
@@ -11,6 +12,7 @@ from tests.cli_helpers import BIN, TINY_FLAGS, run
 from training import checkpoint
 
 
+@pytest.mark.slow
 def test_train_prints_json_metrics_and_writes_a_checkpoint_then_exports_for_timm(tmp_path):
     proc = run([str(BIN / "hssl"), "train", *TINY_FLAGS, "--out", str(tmp_path / "run")])
     assert proc.returncode == 0, proc.stderr
@@ -47,6 +49,7 @@ def test_train_prints_json_metrics_and_writes_a_checkpoint_then_exports_for_timm
     assert downstream.head.out_features == 7
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_actionable_line_and_no_traceback(tmp_path):
     cases = {
         "unknown head family 'convnxt'": ["--head", "convnxt:depth=2"],
@@ -74,6 +77,7 @@ def test_config_file_and_flags_compose(tmp_path):
     assert paper.heads == () and paper.out_dim == 8192 and paper.epochs == 100
 
 
+@pytest.mark.slow
 def test_heads_lists_every_family():
     proc = run([str(BIN / "hssl"), "heads"])
     assert proc.returncode == 0

@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from service.persistence import store
 from service.persistence.db import engine_for, session_scope
 from tests.cli_helpers import BIN
@@ -29,6 +31,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> N
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_admin_commands_on_a_sqlite_data_dir(tmp_path):
     env = clean_environment(HSSL_DATA_DIR=str(tmp_path), HSSL_MAX_TRIALS_PER_SEARCH="77")
 
@@ -86,6 +89,7 @@ def test_bad_arguments_are_one_line_errors_before_touching_the_database(tmp_path
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_migrate_command_on_postgresql_and_an_unreachable_database(empty_pg_database_url, tmp_path):
     env = clean_environment(HSSL_DATA_DIR=str(tmp_path), HSSL_DATABASE_URL=empty_pg_database_url)
     proc = hssl("migrate", env=env)

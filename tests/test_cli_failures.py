@@ -49,6 +49,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_command_fails_in_one_line(case, files):
     args, expected = CASES[case]

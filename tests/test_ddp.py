@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from tests.cli_helpers import BIN, TINY_FLAGS, run
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_completes_with_sharded_batches(tmp_path):
     args = [
         str(BIN / "torchrun"),

@@ -68,6 +68,7 @@ def _study(tmp_path, outcome) -> optuna.Study:
     return optuna.load_study(study_name=outcome.study, storage=make_storage(sqlite_url(tmp_path)))
 
 
+@pytest.mark.slow
 def test_finetune_objective_in_a_tiny_independent_search(tmp_path):
     one_head = {"heads": ["mlp:depth=1"]}
     spec = tiny(strategy="independent", space=one_head, budget={"seeds": 2}, **FINETUNE)
@@ -92,6 +93,7 @@ def test_finetune_objective_in_a_tiny_independent_search(tmp_path):
     assert "finetune (se, floor, gain)" in outcome.table
 
 
+@pytest.mark.slow
 def test_finetune_objective_in_a_tiny_optuna_search(tmp_path):
     spec = tiny(strategy="optuna", budget={"trials": 2}, **FINETUNE)
     outcome = run_search(spec, tmp_path, progress=False, isolate=False)

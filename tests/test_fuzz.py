@@ -185,6 +185,7 @@ def test_served_document_is_the_fuzzed_one(fuzz_api):
         HealthCheck.function_scoped_fixture,  # ``answers`` spans the item's examples
     ],
 )
+@pytest.mark.slow
 def test_openapi_fuzz(case, fuzz_api, answers):
     try:
         response = case.call_and_validate(base_url=fuzz_api.url, timeout=30)

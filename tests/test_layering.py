@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 FORBIDDEN = ("optuna", "sqlalchemy", "fastapi", "service", "search")
 HEAVY = ("torch", "timm", "torchvision")
 # the spec's vocabulary: what the API imports from training (and search) to validate a spec
@@ -31,6 +33,7 @@ def absent_after_import(modules: tuple[str, ...], forbidden: tuple[str, ...]) ->
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_training_imports_no_search_or_service_modules():
     absent_after_import(
         ("training.loop", "training.export", "training.heads", "training.data"), FORBIDDEN

@@ -83,6 +83,7 @@ def test_two_heads_are_scored_separately():
     assert rows[0]["d_cka"] != rows[1]["d_cka"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path):
     straight = run_trial(TINY, output_dir=tmp_path / "a")
     cut = run_trial(TINY, lambda epoch, m: epoch >= 1, output_dir=tmp_path / "b")
@@ -120,6 +121,7 @@ def test_log_has_a_line_per_epoch_with_schedules_timing_and_diagnostics(tmp_path
     assert log[1]["lr"] != log[2]["lr"]  # the schedule's value at each epoch's last step
 
 
+@pytest.mark.slow
 def test_resumed_log_equals_an_uninterrupted_runs_without_duplicates(tmp_path):
     """Cut after epoch 1 (checkpointed); then, as if killed after logging epoch 2 but before
     checkpointing it, a stale epoch-2 line and a torn line follow. The resumed log holds each

@@ -102,6 +102,7 @@ def _crowd(n: int, same_accuracy: bool) -> list[TrialRecord]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared_base", [True, False])
 def test_crowded_plots_draw_no_overlapping_labels(tmp_path: Path, shared_base: bool):
     from search.plot import draw_search, overlapping_texts

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -21,6 +22,7 @@ from tests.search_helpers import TINY_SEARCH, tiny
 from tests.waiting import wait_until
 
 
+@pytest.mark.slow
 def test_a_killed_trial_fails_with_a_reason_and_the_search_completes(tmp_path):
     """Play the OOM killer: SIGKILL the first trial's process at its first report. The child
     then waits for the answer to that report, so it is mid-run for certain (neither still
@@ -43,6 +45,7 @@ def test_a_killed_trial_fails_with_a_reason_and_the_search_completes(tmp_path):
     assert outcome.status == "completed" and "json" in outcome.files
 
 
+@pytest.mark.slow
 def test_cli_search_run_prints_the_ranking_and_writes_the_recommendation(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({**TINY_SEARCH, "name": "cli-search"}))
@@ -69,6 +72,7 @@ def test_cli_search_run_prints_the_ranking_and_writes_the_recommendation(tmp_pat
     assert "base.name: unknown timm model 'resnet_18'; did you mean: resnet18" in bad.stderr
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_opens_the_search_study(tmp_path):
     outcome = run_search(tiny(name="dash"), tmp_path, progress=False, isolate=False)
     port = free_port()
@@ -108,6 +112,7 @@ def test_optuna_dashboard_opens_the_search_study(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_trial_over_its_memory_cap_fails_out_of_memory_and_the_search_goes_on(tmp_path):
     # one base for both; the 12-block wide convnext head needs ~1 GiB of activations, the
     # one-block MLP ~0.1 GiB: a 400 MiB cap lets one through and stops the other
@@ -139,6 +144,7 @@ def _image_folder(root: Path, per_class: int = 40) -> list[Path]:
     return files
 
 
+@pytest.mark.slow
 def test_a_trial_whose_images_vanish_mid_run_fails_naming_one_and_the_next_runs(tmp_path):
     files = _image_folder(tmp_path / "pets")
     spec = tiny(

@@ -20,6 +20,7 @@ def load(tmp_path, outcome) -> optuna.Study:
     return optuna.load_study(study_name=outcome.study, storage=make_storage(sqlite_url(tmp_path)))
 
 
+@pytest.mark.slow
 def test_joint_scores_every_head_of_one_run_and_recommends(tmp_path):
     events = []
     outcome = run_search(
@@ -61,6 +62,7 @@ def test_joint_scores_every_head_of_one_run_and_recommends(tmp_path):
     assert json.loads(outcome.files["json"].read_text())["evidence"] == card
 
 
+@pytest.mark.slow
 def test_recommendation_round_trip_builds_the_head(tmp_path):
     outcome = run_search(tiny(), tmp_path, progress=False, isolate=False)
     rec = load_recommendation(outcome.files["yaml"])
@@ -82,6 +84,7 @@ def test_recommendation_round_trip_builds_the_head(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_independent_runs_each_candidate_and_seed(tmp_path):
     spec = tiny(strategy="independent", objectives=["knn", "d_kl"], budget={"seeds": 2})
     outcome = run_search(spec, tmp_path, progress=False, isolate=False)
@@ -96,6 +99,7 @@ def test_independent_runs_each_candidate_and_seed(tmp_path):
     assert "d_kl~knn_cls" in outcome.ranking["correlations"]
 
 
+@pytest.mark.slow
 def test_optuna_pareto_and_pruned_modes(tmp_path):
     spec = tiny(
         strategy="optuna",
@@ -121,6 +125,7 @@ def test_optuna_pareto_and_pruned_modes(tmp_path):
     assert {t.state.name for t in study.get_trials()} <= {"COMPLETE", "PRUNED"}
 
 
+@pytest.mark.slow
 def test_pruned_mode_with_the_default_objectives_optimises_the_first_and_ranks_on_all(tmp_path):
     spec = tiny(strategy="optuna", optuna_mode="pruned", budget={"trials": 3, "epochs": 2})
     assert spec.objectives == ["d_kl", "d_cka"]  # the defaults: two objectives
@@ -133,6 +138,7 @@ def test_pruned_mode_with_the_default_objectives_optimises_the_first_and_ranks_o
     assert outcome.ranking["heads"], outcome.table
 
 
+@pytest.mark.slow
 def test_prescreen_trains_only_the_top_candidates(tmp_path):
     spec = tiny(
         strategy="independent",
@@ -148,6 +154,7 @@ def test_prescreen_trains_only_the_top_candidates(tmp_path):
     assert sorted(t.user_attrs["label"] for t in study.get_trials()) == sorted(best_two)
 
 
+@pytest.mark.slow
 def test_all_candidates_failing_gives_reasons_and_no_recommendation(tmp_path):
     spec = tiny(strategy="independent", trial_overrides={"student_temp": 1e-45})
     outcome = run_search(spec, tmp_path, progress=False, isolate=False)
@@ -157,6 +164,7 @@ def test_all_candidates_failing_gives_reasons_and_no_recommendation(tmp_path):
     assert "json" not in outcome.files and "failed" in outcome.table
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
     spec = tiny(strategy="independent", name="resumable")
     calls = {"n": 0}
@@ -185,6 +193,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_same_spec_and_seed_give_the_same_ranking(tmp_path):
     spec = tiny(strategy="joint")
     a = run_search(spec, tmp_path / "a", progress=False, isolate=False).ranking
@@ -193,6 +202,7 @@ def test_same_spec_and_seed_give_the_same_ranking(tmp_path):
     assert [r["mean"]["d_kl"] for r in a["heads"]] == [r["mean"]["d_kl"] for r in b["heads"]]
 
 
+@pytest.mark.slow
 def test_a_joining_process_skips_the_runs_another_is_running_and_leaves_them_alone(tmp_path):
     spec = tiny(strategy="independent", name="shared")
     labels = [h.label() for h in spec.space.candidates()]

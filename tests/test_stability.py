@@ -1,6 +1,7 @@
 """budget.stop_when_stable: the joint search stops a run once its discrepancy order settles."""
 
 import optuna
+import pytest
 
 from search.run import run_search
 from search.stability import StableRanking, head_order
@@ -31,6 +32,7 @@ def test_stable_ranking_stops_after_patience_unchanged_evaluations():
     assert tracker.update(4, other) and tracker.stopped_at == 4
 
 
+@pytest.mark.slow
 def test_joint_search_stops_when_stable_and_counts_the_run_as_complete(tmp_path):
     spec = tiny(strategy="joint", budget={"epochs": 6, "stop_when_stable": 1})
     outcome = run_search(spec, tmp_path, progress=False, isolate=False)
