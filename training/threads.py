@@ -31,7 +31,9 @@ PROBE_S = 0.25
 
 def busy_cores(seconds: float = PROBE_S) -> float | None:
     """How many cores other processes kept busy over ``seconds`` (this one sleeps meanwhile),
-    from /proc/stat; None where there is none."""
+    from /proc/stat; None where there is none. A process at normal priority does not count
+    niced work as busy: the scheduler gives it those cores first."""
+    own_priority = os.nice(0) if hasattr(os, "nice") else 0
 
     def sample() -> tuple[int, int] | None:
         try:
@@ -40,6 +42,8 @@ def busy_cores(seconds: float = PROBE_S) -> float | None:
         except (OSError, ValueError):
             return None
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        if own_priority == 0:  # niced work (fields[1]) yields its cores to us
+            idle += fields[1]
         return sum(fields), idle
 
     first = sample()
