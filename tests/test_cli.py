@@ -95,5 +95,10 @@ def test_the_remote_ranking_ends_with_the_quality_signal_line():
     assert lines[1].startswith("1    mlp-d1-nores") and "(floor 0.390)" in lines[1]
     assert lines[-1] == line
     assert ranking_lines({"objectives": ["d_kl"], "heads": [row]})[-1] == lines[1]
+    from search.evidence import evidence_card
+
+    card = evidence_card(["d_kl"], {}, "mlp-d1-nores")
+    with_card = ranking_lines({"objectives": ["d_kl"], "heads": [row], "evidence": card})
+    assert with_card[-1] == "  why: " + card["why"] and "evidence: ranked by D_kl" in with_card
     row["se"] = {"knn_cls": 0.0055}  # a server that measured the reading's sampling SE
     assert "(se 0.005, floor 0.390)" in ranking_lines({"objectives": ["d_kl"], "heads": [row]})[1]

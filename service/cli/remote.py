@@ -15,6 +15,7 @@ import typer
 import yaml
 from tqdm import tqdm
 
+from search.evidence import card_lines
 from search.objectives import metric_of
 from search.strategy import stage_line
 from service.cli.client import Client
@@ -62,6 +63,11 @@ def ranking_lines(ranking: dict[str, Any]) -> list[str]:
     signal = (ranking.get("signal") or {}).get("line")
     if signal:  # whether the probes say anything beyond discrepancy
         lines.append(signal)
+    decision = (ranking.get("decision") or {}).get("line")
+    if decision:  # a staged search's verdict
+        lines.append(f"decision: {decision}")
+    if ranking.get("evidence"):  # which metric ranked, how far it can be trusted, and why
+        lines.extend(card_lines(ranking["evidence"]))
     return lines
 
 
