@@ -75,7 +75,9 @@ def part_specs(plan: dict[str, Any]) -> dict[str, SearchSpec]:
     return specs
 
 
-def train(spec: SearchSpec, work: Path, *, join: bool, progress: bool) -> dict[str, Any]:
+def train(
+    spec: SearchSpec, work: Path, *, join: bool, progress: bool, isolate: bool = True
+) -> dict[str, Any]:
     started = time.perf_counter()
     counted = {"runs": 0}
 
@@ -87,7 +89,7 @@ def train(spec: SearchSpec, work: Path, *, join: bool, progress: bool) -> dict[s
         work,
         resume=True,
         progress=progress,
-        isolate=True,
+        isolate=isolate,
         on_event=on_event,
         reconcile=not join,
     )
@@ -113,10 +115,17 @@ def main(argv: list[str] | None = None) -> None:
     apply_thread_policy()  # the trial processes pick their threads as each run starts
     if args.part is None and not args.report:
         parser.error("say which --part to train, or --report")
-    specs = part_specs(load_plan(args.config))
+    plan = load_plan(args.config)
+    specs = part_specs(plan)
     parts = PARTS if args.part == "all" else ((args.part,) if args.part else ())
-    for part in parts:
-        done = train(specs[part], args.work, join=args.join, progress=not args.no_progress)
+    for part in parts:  # each run in a child process unless the plan says isolate: false
+        done = train(
+            specs[part],
+            args.work,
+            join=args.join,
+            progress=not args.no_progress,
+            isolate=bool(plan.get("isolate", True)),
+        )
         print(json.dumps(done), flush=True)
     if args.report or args.part == "all":
         from study_v2_report import write_report  # bench/ is on the path: a script
