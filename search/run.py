@@ -238,7 +238,7 @@ def finish_search(
         study = optuna.load_study(study_name=study, storage=make_storage(url))
     study.set_user_attr("status", status)
     report = report_of(study, spec)
-    files = write_outputs(study, spec, report, url, workdir)
+    files = strategy_of(spec).write_outputs(study, spec, report, url, workdir)
     publish(study, report, files, Path(artifact_dir or workdir.parent.parent / "artifacts"))
     close_study(study)
     return SearchOutcome(
@@ -270,17 +270,6 @@ def ranking_report(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
         "table": "\n".join([table, *card_lines(card)]),
         "ranking": {**ranking, "evidence": card},
     }
-
-
-def write_outputs(
-    study: optuna.Study,
-    spec: SearchSpec,
-    report: dict[str, Any],
-    url: str,
-    out_dir: Path,
-) -> dict[str, Path]:
-    """The strategy's output files (ranking, plot, recommendation)."""
-    return strategy_of(spec).write_outputs(study, spec, report, url, out_dir)
 
 
 def write_ranking_outputs(
