@@ -71,6 +71,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def markdown(r: dict[str, Any]) -> str:
     s = r["status"]
+    interim = "" if s["complete"] else " (interim)"
     lines = [
         "# Study v2 — report",
         "",
@@ -130,6 +131,13 @@ def markdown(r: dict[str, Any]) -> str:
         "Paired differences (pp), the 6 registered tests, Holm-corrected (family-wise 0.05):",
         "",
     ]
+    if not s["complete"]:
+        lines += [
+            "**Interim look**: the registered analysis is on the complete study; a verdict "
+            "on part of the seeds is not a result (looking before the end inflates the error "
+            "rate), so every verdict below is marked *interim* until then.",
+            "",
+        ]
     lines += _table(
         [
             "contrast",
@@ -158,7 +166,7 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{t['p']:.4f}" if _finite(t["p"]) else "–",
                 f"{t['p_sign_flip']:.4f}" if _finite(t["p_sign_flip"]) else "–",
                 f"{t['p_holm']:.4f}" if _finite(t["p_holm"]) else "–",
-                _verdict(t),
+                _verdict(t) + interim,
             ]
             for t in r["contrast"]["tests"]
         ],
@@ -190,7 +198,7 @@ def markdown(r: dict[str, Any]) -> str:
                 else "–",
                 f"{e['p']:.4f}" if _finite(e.get("p")) else "–",
                 f"{e['p_holm']:.4f}" if _finite(e.get("p_holm")) else "–",
-                _rho_verdict(e),
+                _rho_verdict(e) + interim,
             ]
             for e in r["panel"]["correlations"]["primary"]
         ],
