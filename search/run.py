@@ -261,7 +261,10 @@ def ranking_report(study: optuna.Study, spec: SearchSpec) -> dict[str, Any]:
     corr = correlations(recs)
     ranked_by = [metric_of(o) for o in spec.objectives]
     first = ranked[0].label if ranked and ranked[0].n else None
-    card = evidence_card(ranked_by, {**correlations(recs, ranked_by), **corr}, first)
+    # the default pairs cover every label-free metric; a probe objective needs its own
+    missing = [m for m in ranked_by if not any(pair.startswith(f"{m}~") for pair in corr)]
+    own = {**corr, **(correlations(recs, missing) if missing else {})}
+    card = evidence_card(ranked_by, own, first)
     ranking = ranking_json(ranked, spec.objectives, front, corr, baseline)
     table = ranking_table(ranked, spec.objectives, baseline)
     return {

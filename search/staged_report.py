@@ -137,6 +137,7 @@ def staged_report(study: optuna.Study, spec: SearchSpec, keep: int) -> dict[str,
     verdicts = judge(stage2, base_runs, probe, spec.staged.alpha)
     kept = study.user_attrs.get("stage2_heads") or []
     choice = decision(verdicts, probe, len(screen))
+    corr = correlations(stage2)  # every label-free metric against the probes
     confirmed = {s.label: s for s in summarize(stage2)}
     order = [v.label for v in verdicts] + [
         lbl for lbl in kept if lbl not in {v.label for v in verdicts}
@@ -180,7 +181,7 @@ def staged_report(study: optuna.Study, spec: SearchSpec, keep: int) -> dict[str,
             "heads": heads,
             "baseline": summary_json(baseline) if baseline else None,
             "pareto": [],
-            "correlations": correlations(stage2),
+            "correlations": corr,
             "signal": dict(
                 zip(("quality", "line"), quality_signal([*confirmed.values()]), strict=True)
             ),
@@ -189,7 +190,7 @@ def staged_report(study: optuna.Study, spec: SearchSpec, keep: int) -> dict[str,
         }
     )
     ranked_by = [metric_of(o) for o in spec.objectives]
-    card = evidence_card(ranked_by, correlations(stage2, ranked_by), None, choice["line"])
+    card = evidence_card(ranked_by, corr, None, choice["line"])  # label-free: in corr
     table = "\n".join([table, *card_lines(card)])
     return {
         "ranked": screen,
