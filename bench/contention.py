@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from training.threads import policy_env
+from training.runtime.threads import policy_env
 
 STEP = r"""
 import json, random, statistics, sys, time
@@ -30,7 +30,7 @@ from train_throughput import ProductionStep
 from training.config import BaseSpec, HeadSpec
 from training.data import iterate_batches
 from training.recipe import TrialConfig
-from training.session import build_session
+from training.loop.session import build_session
 cfg = TrialConfig(base=BaseSpec(patch_size=4, depth=4, width=128), eval_at_init=False, device="cpu")
 s = build_session(cfg, None)
 stream = iterate_batches(s.train_set, cfg.batch_size, shuffle=True, seed=0, drop_last=True)

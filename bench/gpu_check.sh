@@ -19,8 +19,8 @@ else
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
-if ! "$PY" -c "import torch, timm, numpy, tqdm, training.loop" 2>/dev/null; then
-  echo "gpu_check: $PY cannot import torch, timm, numpy, tqdm and training.loop" \
+if ! "$PY" -c "import torch, timm, numpy, tqdm, training.loop.train" 2>/dev/null; then
+  echo "gpu_check: $PY cannot import torch, timm, numpy, tqdm and training.loop.train" \
     "(PYTHONPATH=$PYTHONPATH); install the project's deps or set PYTHON" >&2
   exit 2
 fi

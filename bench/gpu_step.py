@@ -2,7 +2,7 @@
 
 Default: ViT-S/16 (``vit_small_patch16_224``) at 224 px, batch 128, bf16 autocast, the paper's
 head (ConvNeXt, 3 blocks, kernel 7, first block without residual) and paper-size projectors
-(K 8192, hidden 2048, bottleneck 256). The step is ``training.loop.train_step`` itself on a
+(K 8192, hidden 2048, bottleneck 256). The step is ``training.loop.train.train_step`` itself on a
 session built by ``build_session`` (data ``synthetic``, a few images, only so the session
 builds); every step is fed random uint8 images made on the GPU, so nothing is downloaded.
 
@@ -34,10 +34,10 @@ import torch
 from flops import flop_counter
 
 from training.config import BaseSpec, HeadSpec
-from training.loop import train_step
-from training.masking import sample_masks
+from training.loop.session import Session, build_session
+from training.loop.train import train_step
+from training.objective.masking import sample_masks
 from training.recipe import TrialConfig
-from training.session import Session, build_session
 
 # Peak dense bf16 tensor FLOP/s (no sparsity), matched on torch.cuda.get_device_name();
 # first match wins, so the specific names come before the generic "H100".

@@ -14,7 +14,7 @@ images) on one thread (one slot), one intra-op thread per process. Modes:
   real proxy trials.
 
 Each warm mode's first run (no spare yet on a new thread) is reported apart as ``first_s``.
-``import_s`` is the child's own import time (torch, timm, training.loop), p50.
+``import_s`` is the child's own import time (torch, timm, training.loop.train), p50.
 """
 
 from __future__ import annotations

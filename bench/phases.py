@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from training import runlog
 from training.config import BaseSpec, HeadSpec
-from training.loop import run_trial
+from training.loop.train import run_trial
 from training.recipe import TrialConfig
+from training.runtime import runlog
 
 
 def main() -> None:

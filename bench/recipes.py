@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from search.plain import plain_json  # noqa: E402
-from training.loop import run_trial  # noqa: E402
+from training.loop.train import run_trial  # noqa: E402
 from training.recipe import TrialConfig  # noqa: E402
 
 PROBES = ("knn_cls", "knn_patch", "linear")
@@ -152,7 +152,7 @@ def report(plan: dict[str, Any], out: Path) -> str:
         "(initial = the random-init network with BN statistics recalibrated), mean ± sd over "
         "paired seeds; target (issue 11): ≥ +0.05 on every one of ≥ 3 seeds and a mean ≥ 2 SD, "
         "on a probe ('target met on' names the probes). Collapse is the "
-        "status of the global target at the end (`training/collapse.py`).",
+        "status of the global target at the end (`training/evaluation/collapse.py`).",
         "",
         "| variant | n | k-NN [CLS] floor → final | gain k-NN [CLS] | gain k-NN patch | "
         "gain linear | raw pixels k-NN | target information (nats) | target entropy / ln K | "

@@ -56,7 +56,7 @@ from search.spec import SearchSpec
 from search.stats import bootstrap_ci, mean_sd, spearman
 from search.storage import close_study, make_storage, sqlite_url, study_name
 from training.data import open_dataset
-from training.floor import pixel_probes
+from training.evaluation.floor import pixel_probes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = Path(__file__).with_name("study.yaml")
@@ -195,8 +195,8 @@ def floor_row(runs: list[dict[str, Any]]) -> dict[str, Stat]:
 
 def raw_pixel_row(spec: SearchSpec) -> dict[str, Any]:
     """Raw-pixel k-NN and linear probe per seed on that seed's split, with the runs' bank and
-    probe settings (``training.floor.pixel_probes``, what runs measure at initialisation);
-    the fallback for studies whose runs predate that measurement."""
+    probe settings (``training.evaluation.floor.pixel_probes``, what runs measure at
+    initialisation); the fallback for studies whose runs predate that measurement."""
     knn, linear = [], []
     for seed in spec.seeds():
         cfg = spec.trial_config((), seed)

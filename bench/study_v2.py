@@ -33,7 +33,7 @@ import yaml
 
 from search.run import run_search
 from search.spec import SearchSpec
-from training.threads import apply_thread_policy
+from training.runtime.threads import apply_thread_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = Path(__file__).with_name("study_v2.yaml")

@@ -2,7 +2,7 @@
 
 Prints ONE JSON line with:
 
-* ``hssl_step_img_per_s``: ``training.loop.train_step`` (HSSL, one head), input images per
+* ``hssl_step_img_per_s``: ``training.loop.train.train_step`` (HSSL, one head), input images per
   second (batch size per step, not views), from the median step time.
 * ``baseline_step_img_per_s``: the same step with ``heads=()`` (plain iBOT).
 * ``handwritten_img_per_s``: a minimal hand-written PyTorch step on the *same* student/teacher
@@ -49,10 +49,10 @@ from flops import flop_counter
 
 from training.config import BaseSpec, HeadSpec
 from training.data import iterate_batches
-from training.loop import train_step
-from training.masking import sample_masks
+from training.loop.session import Session, build_session
+from training.loop.train import train_step
+from training.objective.masking import sample_masks
 from training.recipe import TrialConfig
-from training.session import Session, build_session
 
 TARGETS = {
     "hssl_vs_handwritten": (">=", 0.9),

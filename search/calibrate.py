@@ -95,7 +95,7 @@ def score(result: TrialResult, probe: str) -> Score:
 
 def collapse_reason(metrics: Mapping[str, Any]) -> str:
     """Why final metrics count as collapsed: the targets' information about the image and
-    their entropy against its maximum (``training.collapse``)."""
+    their entropy against its maximum (``training.evaluation.collapse``)."""
     status = metrics.get("collapse")
     if status is None:
         return "collapse not measured: the final metrics have no collapse status"

@@ -66,7 +66,7 @@ class ChildInfo:
     ready: bool  # it had finished its imports when the config was handed to it
     spawned_at: float  # time.monotonic() of this process
     handed_at: float
-    import_s: float | None = None  # the child's own import time (torch, timm, training.loop)
+    import_s: float | None = None  # the child's own import time (torch, timm, training.loop.train)
     threads: int | None = None  # torch's intra-op threads in the child, once the config was in
 
 
@@ -82,11 +82,11 @@ def run_trial_isolated(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrialResult:
     """``training.run_trial`` in a child process of its own; see the module docstring.
-    ``memory_limit_mb`` caps what the child may allocate (``training.runtime.cap_memory``).
+    ``memory_limit_mb`` caps what the child may allocate (``training.runtime.device.cap_memory``).
     ``warm`` (default: on when ``HSSL_WARM_POOL=1``) uses and refills this thread's spare;
     ``warm=False`` spawns a child now and leaves no spare. The wall-clock limit counts from the
     hand-over of the config (for a child spawned now, its imports included, as before).
-    ``on_progress`` hears the child's progress inside epochs (``training.loop`` on_step)."""
+    ``on_progress`` hears the child's progress inside epochs (``training.loop.train`` on_step)."""
     warm = warm_pool_enabled() if warm is None else warm
     key = _env_key()
     job = ("run", config.to_dict(), str(output_dir) if output_dir else None, memory_limit_mb)
@@ -194,7 +194,7 @@ def run_trial_inline(
     ``memory_limit_mb`` are ignored: each would act on the whole calling process)."""
     started = time.monotonic()
     try:
-        from training.loop import run_trial
+        from training.loop.train import run_trial
 
         return run_trial(config, report, output_dir=output_dir, on_step=on_progress)
     except Exception as exc:  # a bug or an unforeseen input fails this trial, not the search
@@ -438,16 +438,16 @@ def _child_main(conn, parent_pid: int) -> None:
     import timm  # noqa: F401  (the slow imports happen before a config is waiting)
     import torch
 
-    from training.loop import run_trial
-    from training.runtime import cap_memory
-    from training.threads import trial_threads
+    from training.loop.train import run_trial
+    from training.runtime.device import cap_memory
+    from training.runtime.threads import trial_threads
 
     try:
         conn.send(("ready", time.perf_counter() - t0))
         _, config, output_dir, memory_limit_mb = conn.recv()
     except (EOFError, OSError):
         return
-    threads = trial_threads()  # the user's count, or the cores free now (training.threads)
+    threads = trial_threads()  # the user's count, or the cores free now (training.runtime.threads)
     if threads is not None:  # explicit: torch is in already (the warm pool imported it)
         torch.set_num_threads(threads)
     if memory_limit_mb is not None:

@@ -352,7 +352,7 @@ def test_importing_the_app_touches_no_database_and_not_the_training_loop(tmp_pat
     env["HSSL_DATA_DIR"] = str(tmp_path / "never")
     code = (
         "import sys, service.api;"
-        "bad = [m for m in ('training.loop',) if m in sys.modules];"
+        "bad = [m for m in ('training.loop.train',) if m in sys.modules];"
         "print(bad); sys.exit(bool(bad))"
     )
     proc = subprocess.run(

@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.cli_helpers import BIN, TINY_FLAGS, run
-from training import checkpoint
+from training.runtime import checkpoint
 
 
 @pytest.mark.slow

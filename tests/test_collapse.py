@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from training.collapse import ONE_HOT_FRACTION, UNIFORM_MI, classify, target_stats, worst
 from training.config import BaseSpec
-from training.discrepancy import target_probs
-from training.evaluate import Embeddings, collapse_metrics
-from training.loop import _collapsed_for, run_trial
-from training.objective import HSSLObjective
+from training.evaluation.collapse import ONE_HOT_FRACTION, UNIFORM_MI, classify, target_stats, worst
+from training.evaluation.evaluate import Embeddings, collapse_metrics
+from training.loop.train import _collapsed_for, run_trial
+from training.objective.hssl import HSSLObjective
+from training.objective.targets import target_probs
 from training.recipe import TrialConfig
 
 TAU_T = 0.04

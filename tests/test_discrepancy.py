@@ -7,16 +7,14 @@ import math
 import pytest
 import torch
 
-from training.discrepancy import (
+from training.errors import HSSLError
+from training.evaluation.discrepancy import (
     DegenerateFeaturesError,
     cka_discrepancy,
-    cross_entropy,
-    entropy,
     linear_cka,
     loss_discrepancy,
-    target_probs,
 )
-from training.errors import HSSLError
+from training.objective.targets import cross_entropy, entropy, target_probs
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 TS = 0.1  # student temperature of method §3

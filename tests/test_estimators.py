@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from training.estimators import alpha_req, eigenspectrum, estimator_metrics, rankme
-from training.probes import sampling_se, with_sampling_se
+from training.evaluation.estimators import alpha_req, eigenspectrum, estimator_metrics, rankme
+from training.evaluation.probes import sampling_se, with_sampling_se
 
 
 def _orthogonal_columns(n: int, d: int, *, centred: bool) -> torch.Tensor:

@@ -23,7 +23,7 @@ from search.run import run_search
 from search.storage import make_storage, sqlite_url
 from tests.search_helpers import tiny
 from training.finetune.probe import finetune_probe, probe_batch
-from training.session import build_session
+from training.loop.session import build_session
 
 FINETUNE = {"objectives": ["d_kl", "finetune"], "trial_overrides": {"finetune_epochs": 1}}
 

@@ -9,8 +9,8 @@ from torch import nn
 
 from training.config import BaseSpec
 from training.data import eval_view, open_dataset
-from training.floor import PIXEL_SIDE, pixel_features, pixel_probes, recalibrate_bn
-from training.network import HSSLNetwork
+from training.evaluation.floor import PIXEL_SIDE, pixel_features, pixel_probes, recalibrate_bn
+from training.model.network import HSSLNetwork
 
 SIZE = 16
 DEVICE = torch.device("cpu")

@@ -10,7 +10,7 @@ from torch import nn
 
 from training.config import HEAD_FAMILIES, HeadSpec
 from training.errors import SpecError
-from training.heads import AuxHead, applies, create_head, list_heads, num_heads_for
+from training.model.heads import AuxHead, applies, create_head, list_heads, num_heads_for
 
 
 def token_map(dim: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -138,7 +138,7 @@ def test_unknown_family_is_spec_error() -> None:
 
 
 def test_every_family_is_registered_once_with_a_block():
-    from training.heads.blocks import BLOCKS, family_block
+    from training.model.heads.blocks import BLOCKS, family_block
 
     assert tuple(BLOCKS) == HEAD_FAMILIES  # each family of the one table has its block
     with pytest.raises(ValueError, match="not a head family"):

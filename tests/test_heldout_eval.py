@@ -10,7 +10,7 @@ import pytest
 
 from training.config import BaseSpec, HeadSpec
 from training.errors import SpecError
-from training.loop import run_trial
+from training.loop.train import run_trial
 from training.recipe import TrialConfig
 
 

@@ -4,10 +4,10 @@ resumes exactly, and logs one JSON line per epoch."""
 import pytest
 import torch
 
-from training import checkpoint, runlog
 from training.config import BaseSpec, HeadSpec
-from training.loop import run_trial
+from training.loop.train import run_trial
 from training.recipe import TrialConfig
+from training.runtime import checkpoint, runlog
 
 TINY = TrialConfig(
     base=BaseSpec(name="vit_tiny_patch16_224", img_size=16, patch_size=4, depth=1, width=32),
@@ -39,7 +39,7 @@ def test_completes_with_metrics_and_reports_every_epoch():
 
 
 def test_on_step_hears_progress_inside_every_epoch(monkeypatch):
-    import training.loop as loop
+    import training.loop.train as loop
 
     monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)  # every step, to see them all
     steps: list[dict] = []

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.losses import center_update, global_loss, patch_loss, weighted_total
+from training.objective.losses import center_update, global_loss, patch_loss, weighted_total
 
 TAU_S = 0.1
 

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from training.masking import _add_block, block_mask, sample_masks, sample_ratio
+from training.objective.masking import _add_block, block_mask, sample_masks, sample_ratio
 
 
 def test_block_mask_never_exceeds_its_target_and_is_not_empty():

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from training.config import BaseSpec, HeadSpec
-from training.losses import global_loss, patch_loss, target_probs, weighted_total
-from training.network import HSSLNetwork, NetworkOutput
-from training.objective import HSSLObjective
-from training.teacher import make_teacher
+from training.model.network import HSSLNetwork, NetworkOutput
+from training.model.teacher import make_teacher
+from training.objective.hssl import HSSLObjective
+from training.objective.losses import global_loss, patch_loss, target_probs, weighted_total
 
 K, B, N, V = 6, 3, 4, 2
 

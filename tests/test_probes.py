@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.probes import knn_accuracy, knn_classify, linear_probe
+from training.evaluation.probes import knn_accuracy, knn_classify, linear_probe
 
 
 def _vote_example() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

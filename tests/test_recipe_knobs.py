@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed import ReduceOp
 
-import training.losses
+import training.objective.losses
 from training.config import BaseSpec
 from training.errors import SpecError
-from training.losses import koleo_loss, sinkhorn_targets, target_probs
-from training.network import HSSLNetwork, NetworkOutput, Projector
-from training.objective import HSSLObjective
+from training.model.network import HSSLNetwork, NetworkOutput, Projector
+from training.objective.hssl import HSSLObjective
+from training.objective.losses import koleo_loss, sinkhorn_targets, target_probs
 from training.recipe import TrialConfig
 
 
@@ -121,7 +121,7 @@ def test_sinkhorn_over_two_ranks_equals_one_process_on_the_global_batch(monkeypa
     logits[4:] += 0.2  # rank 1's maximum is larger than rank 0's
     whole = sinkhorn_targets(logits, 0.04)
     ranks, results, errors = ThreadRanks(2), {}, []
-    monkeypatch.setattr(training.losses, "dist", ranks)
+    monkeypatch.setattr(training.objective.losses, "dist", ranks)
 
     def rank_main(rank):
         ranks.local.rank = rank

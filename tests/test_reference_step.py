@@ -3,7 +3,7 @@ defect of ours in the loss, clipping, AdamW, the EMA teacher or the centre).
 
 Baseline (no head), DINO variant (no masking), one fixed batch: the project's networks give the
 logits; everything after them is recomputed here from the formulas of DINO/iBOT's
-``train_one_epoch``, then compared with what ``training.loop.train_step`` did.
+``train_one_epoch``, then compared with what ``training.loop.train.train_step`` did.
 """
 
 import copy
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from training.config import BaseSpec
-from training.loop import train_step
+from training.loop.session import build_session
+from training.loop.train import train_step
 from training.recipe import TrialConfig
-from training.session import build_session
 
 CONFIG = TrialConfig(
     base=BaseSpec(

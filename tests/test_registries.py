@@ -50,7 +50,7 @@ def test_every_strategy_is_one_registered_class_the_spec_derives_from() -> None:
 # where metric names may still be written as a list: the code that computes them, and the
 # OpenAPI examples (documentation of one response)
 MAY_LIST_METRICS = {
-    "training/evaluate.py": "collapse_metrics computes these diagnostics",
+    "training/evaluation/evaluate.py": "collapse_metrics computes these diagnostics",
     "service/http/schemas.py": "an OpenAPI example",
     "service/http/routes/searches.py": "an OpenAPI example",
 }

@@ -1,9 +1,9 @@
-"""The per-epoch log ``log.jsonl`` (training.runlog): append, read, and the cut back to the
+"""The per-epoch log ``log.jsonl`` (training.runtime.runlog): append, read, and the cut back to the
 checkpoint's records that keeps a resumed run from logging an epoch twice."""
 
 import json
 
-from training import runlog
+from training.runtime import runlog
 
 
 def write(path, *lines: str) -> None:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training.schedules import cosine_schedule, lr_for_batch, teacher_temperature
+from training.loop.schedules import cosine_schedule, lr_for_batch, teacher_temperature
 
 
 def test_cosine_without_warmup():

@@ -13,7 +13,7 @@ from search.storage import make_storage, sqlite_url
 from service.cli.train import load_config_file
 from tests.search_helpers import tiny
 from training.errors import HSSLError
-from training.heads import create_head
+from training.model.heads import create_head
 
 
 def load(tmp_path, outcome) -> optuna.Study:

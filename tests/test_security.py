@@ -410,7 +410,7 @@ def test_an_image_with_the_wrong_extension_is_read_by_its_content(tmp_path):
 
 @pytest.mark.slow
 def test_a_trial_on_a_folder_with_a_broken_image_fails_naming_the_file(tmp_path):
-    from training.loop import run_trial
+    from training.loop.train import run_trial
 
     root = image_folder(tmp_path / "data")
     bad = [root / "red" / f"truncated{i}.png" for i in range(4)]

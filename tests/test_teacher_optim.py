@@ -5,8 +5,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from training.optim import clip_per_tensor, freeze_prototypes, param_groups
-from training.teacher import ema_update, make_teacher
+from training.loop.optim import clip_per_tensor, freeze_prototypes, param_groups
+from training.model.teacher import ema_update, make_teacher
 
 
 class Tiny(nn.Module):

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from training import threads
-from training.threads import CAP_VAR, apply_thread_policy, busy_cores, trial_threads
+from training.runtime import threads
+from training.runtime.threads import CAP_VAR, apply_thread_policy, busy_cores, trial_threads
 
 
 def test_the_policy_never_overrides_the_user() -> None:

@@ -11,7 +11,7 @@ from timm.models import get_deprecated_models
 
 from training import timm_names
 from training.errors import SpecError
-from training.timm_build import check_name as build_check_name
+from training.model.timm_build import check_name as build_check_name
 
 STALE = f"training/timm_names.txt is not the installed timm's: run `{timm_names.REGENERATE}`"
 

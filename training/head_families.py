@@ -4,9 +4,9 @@
 Everything else derives from :data:`_TABLE`: ``HEAD_FAMILIES`` (HeadSpec's check, the search
 spec's ``Family`` literal and default grid), ``list_heads()`` (what the CLI and API show a user
 choosing candidate heads), ``applies`` (which fields a family ignores, also in its label), and
-the block classes, which :func:`training.heads.blocks.family_block` attaches by name (a
+the block classes, which :func:`training.model.heads.blocks.family_block` attaches by name (a
 decorator, as timm registers its models). It imports no torch (unlike the package
-:mod:`training.heads`): the API validates candidate spaces without loading the engine.
+:mod:`training.model.heads`): the API validates candidate spaces without loading the engine.
 """
 
 from __future__ import annotations

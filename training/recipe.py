@@ -13,6 +13,7 @@ from typing import Any
 from training.config import BaseSpec, HeadSpec
 from training.errors import SpecError
 from training.fields import known_fields
+from training.results import RunResult
 
 # Proxy-only departures from the authors' recipe that keep short runs from collapsing (method
 # §11; measured in docs/study/recipes: projector BN alone kept the targets from going uniform
@@ -250,28 +251,7 @@ class TrialConfig:
 
 
 @dataclass(frozen=True)
-class TrialResult:
-    """What a trial produced. ``status`` is ``completed``, ``stopped`` (the report callback
-    asked to stop, e.g. an Optuna pruner) or ``failed`` (``reason`` says why)."""
+class TrialResult(RunResult):
+    """What a trial produced (:class:`RunResult`) and its measurements at initialisation."""
 
-    status: str
-    reason: str | None = None
-    epochs_done: int = 0
     init_metrics: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    history: tuple[dict[str, Any], ...] = ()
-    wall_time_s: float = 0.0
-    images_per_s: float = 0.0
-    peak_memory_mb: float = 0.0
-    checkpoint: str | None = None
-    world_size: int = 1
-    steps_per_epoch: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["history"] = list(self.history)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
-        return cls(**{**data, "history": tuple(data.get("history", ()))})

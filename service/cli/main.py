@@ -44,7 +44,7 @@ def main() -> None:
     (``service.cli.failures.fail_cleanly``). ``hssl`` or a group alone still prints its help."""
     import sys
 
-    from training.threads import apply_thread_policy
+    from training.runtime.threads import apply_thread_policy
 
     apply_thread_policy()  # before torch loads: bounded OpenMP spin, threads chosen per run
     try:

@@ -66,8 +66,8 @@ def train(
     options = {k: v for k, v in locals().items() if k not in ("out", "progress")}
     import torch
 
-    from training.loop import run_trial
-    from training.threads import trial_threads
+    from training.loop.train import run_trial
+    from training.runtime.threads import trial_threads
 
     if (threads := trial_threads()) is not None:  # the user's, or the cores free now
         torch.set_num_threads(threads)
@@ -154,13 +154,13 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by hssl train")],
     out: Annotated[Path, Opt(help="safetensors file to write")] = Path("base.safetensors"),
 ) -> None:
-    from training.export import export_base
+    from training.runtime.export import export_base
 
     typer.echo(json.dumps(export_base(checkpoint, out), indent=2))
 
 
 def heads() -> None:
-    from training.heads import list_heads
+    from training.model.heads import list_heads
 
     json.dump(list_heads(), sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -3,10 +3,11 @@ share of it. ``hssl worker --slots N`` and ``hssl serve`` (``HSSL_LOCAL_WORKERS`
 shard jobs at once, so up to N runs train side by side; each run gets
 
 - on CUDA, 1/N of the device's memory, through the per-trial cap the runner already applies
-  (``training.runtime.cap_memory``); a search's own ``budget.trial_memory_mb`` still applies
+  (``training.runtime.device.cap_memory``); a search's own ``budget.trial_memory_mb`` still applies
   when it is smaller;
 - on a CPU, at most 1/N of the cores as its thread count, fewer when other processes keep
-  cores busy as the run starts (``training.threads``: the operator's ``OMP_NUM_THREADS`` wins).
+  cores busy as the run starts (``training.runtime.threads``: the operator's ``OMP_NUM_THREADS``
+  wins).
 
 Pin a worker to one GPU with ``CUDA_VISIBLE_DEVICES``; run one worker per GPU, on any number of
 hosts, against one PostgreSQL (see the README).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
-from training.threads import CAP_VAR, apply_thread_policy
+from training.runtime.threads import CAP_VAR, apply_thread_policy
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ rank 0's shard may be one image longer than the last rank's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from training.data.datasets import SHUFFLE_STREAM, ImageSet, seeded_generator, take_rows
 
@@ -63,6 +63,46 @@ def _collate(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def batch_chunks(
+    n: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+    rank: int,
+    world_size: int,
+) -> list[Tensor]:
+    """This rank's shard of ``range(n)`` for the epoch, cut into batches of indices in visiting
+    order (the incomplete last one dropped when ``drop_last``)."""
+    _check(batch_size, rank, world_size)
+    idx = shard_indices(
+        n,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        drop_last=drop_last,
+        rank=rank,
+        world_size=world_size,
+    )
+    stop = (len(idx) // batch_size) * batch_size if drop_last else len(idx)
+    return [idx[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def loader_over(
+    dataset: Dataset, chunks: list[Tensor], num_workers: int, collate_fn: Callable | None = None
+) -> DataLoader:
+    """A DataLoader that visits ``dataset`` in exactly these index batches."""
+    return DataLoader(
+        dataset,
+        batch_sampler=[c.tolist() for c in chunks],
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        persistent_workers=False,
+    )
+
+
 def iterate_batches(
     ds: ImageSet,
     batch_size: int,
@@ -80,9 +120,9 @@ def iterate_batches(
     ``num_workers`` only matters for folder sets (decoding processes); batches of in-memory
     sets are fresh copies, so callers may modify them.
     """
-    _check(batch_size, rank, world_size)
-    idx = shard_indices(
+    chunks = batch_chunks(
         len(ds),
+        batch_size,
         shuffle=shuffle,
         seed=seed,
         epoch=epoch,
@@ -90,15 +130,6 @@ def iterate_batches(
         rank=rank,
         world_size=world_size,
     )
-    stop = (len(idx) // batch_size) * batch_size if drop_last else len(idx)
-    chunks = [idx[i : i + batch_size] for i in range(0, stop, batch_size)]
     if ds.images is not None:
         return ((take_rows(ds.images, c), ds.labels.index_select(0, c)) for c in chunks)
-    loader = DataLoader(
-        ds,
-        batch_sampler=[c.tolist() for c in chunks],
-        num_workers=num_workers,
-        collate_fn=_collate,
-        persistent_workers=False,
-    )
-    return iter(loader)
+    return iter(loader_over(ds, chunks, num_workers, _collate))

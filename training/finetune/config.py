@@ -16,6 +16,7 @@ from typing import Any
 
 from training.errors import SpecError
 from training.fields import known_fields
+from training.results import RunResult
 
 RECIPES: dict[str, dict[str, Any]] = {
     "mae": dict(
@@ -187,29 +188,12 @@ def _check_positive(config: FinetuneConfig, names: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class FinetuneResult:
-    """What a fine-tune produced. ``status`` is ``completed``, ``stopped`` (the report callback
-    asked to stop) or ``failed`` (``reason`` says why). Accuracies are fractions in [0, 1];
-    ``metrics`` is the last epoch's record, ``history`` every epoch's."""
+class FinetuneResult(RunResult):
+    """What a fine-tune produced (:class:`RunResult`; accuracies are fractions in [0, 1]), with
+    its best top-1, the weights it started from, the model and its optimiser figures."""
 
-    status: str
-    reason: str | None = None
-    epochs_done: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
     best_top1: float | None = None
-    history: tuple[dict[str, Any], ...] = ()
     init: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
-    wall_time_s: float = 0.0
-    images_per_s: float = 0.0
-    peak_memory_mb: float = 0.0
-    checkpoint: str | None = None
-    world_size: int = 1
-    steps_per_epoch: int = 0
     accum_steps: int = 1
     peak_lr: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["history"] = list(self.history)
-        return data

@@ -4,7 +4,7 @@ probes' fixed view (after MAE's centre crop) for evaluation.
 The sets of :func:`training.data.open_dataset` yield uint8 3 x S x S tensors; timm's RandAugment
 works on PIL images, so each training image is turned into one and through the transform, in
 DataLoader workers when ``num_workers`` > 0. The visiting order and the per-rank shard are the
-data layer's own (:func:`training.data.loader.shard_indices`), a function of (seed, epoch).
+data layer's own (:func:`training.data.loader.batch_chunks`), a function of (seed, epoch).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from training.data import ImageSet, eval_view, iterate_batches
-from training.data.loader import shard_indices
+from training.data.loader import batch_chunks, loader_over
 
 
 def decode_size(img_size: int, crop_pct: float) -> int:
@@ -61,8 +61,9 @@ def train_batches(
     steps: int,
 ) -> DataLoader:
     """The first ``steps`` full batches of this rank's shuffled shard, transformed."""
-    order = shard_indices(
+    chunks = batch_chunks(
         len(ds),
+        batch_size,
         shuffle=True,
         seed=seed,
         epoch=epoch,
@@ -70,13 +71,7 @@ def train_batches(
         rank=rank,
         world_size=world_size,
     )
-    chunks = [order[i * batch_size : (i + 1) * batch_size].tolist() for i in range(steps)]
-    return DataLoader(
-        TransformedSet(ds, transform),
-        batch_sampler=chunks,
-        num_workers=num_workers,
-        persistent_workers=False,
-    )
+    return loader_over(TransformedSet(ds, transform), chunks[:steps], num_workers)
 
 
 def eval_batches(

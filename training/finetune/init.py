@@ -3,7 +3,7 @@
 Three kinds, told apart by their content:
 
 * ``export``: an ``hssl export`` safetensors file; its metadata (``hssl``) names the timm model
-  and the ``create_model`` kwargs of the pre-trained base (``training.export``).
+  and the ``create_model`` kwargs of the pre-trained base (``training.runtime.export``).
 * ``run``: a run folder of ``hssl train`` or its ``checkpoint.pt``; the teacher base is read the
   way ``hssl export`` reads it (keys under ``base.model.``, kwargs from the run's config).
 * ``timm``: any other checkpoint timm's ``load_state_dict`` reads (safetensors, a ``.pth`` with
@@ -116,15 +116,15 @@ def _read_run(path: Path) -> dict[str, Any] | None:
 def architecture_kwargs(base: BaseSpec) -> dict[str, Any]:
     """The ``timm.create_model`` kwargs that fix ``base``'s architecture (not its classifier,
     pretrained weights or drop path, which a fine-tune sets itself)."""
-    from training.timm_build import timm_kwargs_for
+    from training.model.timm_build import timm_kwargs_for
 
     return {k: v for k, v in timm_kwargs_for(base).items() if k not in _DROPPED_KWARGS}
 
 
 def _from_run(source: str, state: dict[str, Any]) -> InitWeights:
     """The teacher base of a pre-training checkpoint, as ``hssl export`` would write it."""
-    from training.export import PREFIX
     from training.recipe import TrialConfig
+    from training.runtime.export import PREFIX
 
     config = TrialConfig.from_dict(state["config"])
     weights = {k[len(PREFIX) :]: v for k, v in state["teacher"].items() if k.startswith(PREFIX)}

@@ -26,7 +26,7 @@ from training.finetune.config import FinetuneConfig, FinetuneResult
 from training.finetune.data import eval_batches, train_batches
 from training.finetune.metrics import evaluate
 from training.finetune.session import Embedded, FinetuneSession, build_session
-from training.runtime import is_out_of_memory, peak_memory_mb, seed_everything
+from training.runtime.device import is_out_of_memory, peak_memory_mb, seed_everything
 
 Report = Callable[[int, dict[str, Any]], bool]
 EVAL_BATCH = 256

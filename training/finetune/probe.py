@@ -22,7 +22,7 @@ from training.finetune.config import FinetuneConfig
 from training.finetune.init import InitWeights, architecture_kwargs
 from training.finetune.loop import run_finetune
 from training.finetune.session import Embedded
-from training.runtime import Runtime
+from training.runtime.device import Runtime
 
 METRIC = "finetune"
 MAX_BATCH = 64  # the proxy recipe's batch

@@ -4,7 +4,7 @@ so the CLI refuses a bad ``--init``, ``--model`` or size in one line.
 
 The architecture comes from the init when it knows it (an export or a run folder: the exact
 kwargs of pre-training, so every tensor fits), else from the config's name and overrides,
-validated by :func:`training.timm_build.timm_kwargs_for`.
+validated by :func:`training.model.timm_build.timm_kwargs_for`.
 """
 
 from __future__ import annotations

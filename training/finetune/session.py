@@ -18,9 +18,7 @@ import torch
 import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from training import checkpoint
 from training.data import ImageSet, num_batches, open_dataset
 from training.errors import DataError, HSSLError
 from training.finetune import parts
@@ -29,7 +27,8 @@ from training.finetune.config import FinetuneConfig
 from training.finetune.data import decode_size
 from training.finetune.init import InitWeights, load_init
 from training.finetune.resolve import image_size
-from training.runtime import Runtime, resolve, seed_everything
+from training.runtime import checkpoint, runlog
+from training.runtime.device import Runtime, place, resolve, seed_everything, wrap_distributed
 
 CHECKPOINT_NAME = "finetune.pt"
 LOG_NAME = "finetune.jsonl"
@@ -83,8 +82,7 @@ class FinetuneSession:
         if not (self.runtime.main and self.output_dir):
             return
         checkpoint.save(self.checkpoint_path, self.state())
-        with (self.output_dir / LOG_NAME).open("a") as fh:
-            fh.write(json.dumps(record, default=float) + "\n")
+        runlog.append(self.output_dir / LOG_NAME, record)
 
     def broadcast_flag(self, flag: bool) -> bool:
         if self.runtime.world_size == 1:
@@ -126,11 +124,7 @@ def build_session(
     network, description = build_model(config, init, len(train_set.classes))
     description["init"] = init.describe() if init else None
     del init  # the pre-trained tensors are in the model now
-    network = network.to(runtime.device)
-    if runtime.world_size > 1 and runtime.device.type == "cuda":
-        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-    if runtime.device.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
+    network = place(network, runtime)
     accum = parts.accumulation_steps(config.effective_batch, config.batch_size, runtime.world_size)
     steps = num_batches(train_set, config.batch_size, drop_last=True, world_size=runtime.world_size)
     steps -= steps % accum
@@ -142,10 +136,7 @@ def build_session(
     peak_lr = parts.scaled_lr(config.lr, config.batch_size * accum * runtime.world_size)
     optimizer = parts.make_optimizer(network, config, peak_lr)
     ema = ModelEmaV3(network, decay=config.ema_decay) if config.ema_decay else None
-    model: nn.Module = network
-    if runtime.world_size > 1:
-        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        model = DistributedDataParallel(network, device_ids=ids)
+    model = wrap_distributed(network, runtime)
     session = FinetuneSession(
         config=config,
         runtime=runtime,
@@ -190,8 +181,7 @@ def _start_or_resume(s: FinetuneSession, resume: bool) -> None:
     path = s.checkpoint_path
     if path is None or not path.exists():
         if s.runtime.main and s.output_dir:
-            s.output_dir.mkdir(parents=True, exist_ok=True)
-            (s.output_dir / LOG_NAME).write_text("")
+            runlog.restart(s.output_dir / LOG_NAME, [])
         return
     if not resume:
         raise HSSLError(
@@ -212,5 +202,4 @@ def _start_or_resume(s: FinetuneSession, resume: bool) -> None:
     s.start_epoch = s.epochs_done = int(state["epoch"])
     s.history = list(state["history"])
     if s.runtime.main:
-        lines = "".join(json.dumps(r) + "\n" for r in s.history)
-        (s.output_dir / LOG_NAME).write_text(lines)
+        runlog.restart(s.output_dir / LOG_NAME, s.history)

@@ -13,14 +13,14 @@ from torch import Tensor, nn
 
 from training.config import HeadSpec
 from training.errors import SpecError
-from training.heads.blocks import BLOCKS
+from training.model.heads.blocks import BLOCKS
 
 
 class AuxHead(nn.Module):
     """Auxiliary head for one :class:`HeadSpec` (method §2, §6, §7).
 
     ``blocks[i]`` is built with ``drop_path_rates[i]``; block 0 has no identity path when
-    ``spec.first_residual`` is False (see :mod:`training.heads.blocks` for the definition).
+    ``spec.first_residual`` is False (see :mod:`training.model.heads.blocks` for the definition).
     ``forward`` returns ``(output map B x C x H x W, global B x C after the head's LayerNorm)``.
     """
 

@@ -18,15 +18,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from training import runlog
 from training.data import iterate_batches
 from training.errors import HSSLError, TrainingError
-from training.masking import sample_masks
-from training.optim import clip_per_tensor, freeze_prototypes, set_schedules
+from training.loop.optim import clip_per_tensor, freeze_prototypes, set_schedules
+from training.loop.session import Session, build_session
+from training.loop.session_eval import evaluate_session
+from training.objective.masking import sample_masks
 from training.recipe import TrialConfig, TrialResult
-from training.runtime import is_out_of_memory, peak_memory_mb, seed_everything
-from training.session import Session, build_session
-from training.session_eval import evaluate_session
+from training.runtime import runlog
+from training.runtime.device import is_out_of_memory, peak_memory_mb, seed_everything
 
 Report = Callable[[int, dict[str, Any]], bool]
 OnStep = Callable[[dict[str, Any]], None]
@@ -48,7 +48,7 @@ def run_trial(
     A non-finite loss, running out of memory or an unusable data set/spec end the trial with
     status ``failed`` and a reason, never an exception into the caller. With ``output_dir`` a
     checkpoint is written every ``checkpoint_every`` epochs, an existing one is resumed, and
-    ``log.jsonl`` gets one line per epoch (:mod:`training.runlog`). ``on_step``
+    ``log.jsonl`` gets one line per epoch (:mod:`training.runtime.runlog`). ``on_step``
     hears where training is inside an epoch (epoch, epochs, step, steps, images/s) every
     PROGRESS_EVERY_S seconds and at each epoch's end, on the main rank.
     """

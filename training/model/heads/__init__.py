@@ -5,8 +5,8 @@ describes the families and which :class:`~training.config.HeadSpec` fields apply
 """
 
 from training.head_families import applies, list_heads
-from training.heads.blocks import BLOCKS, HeadBlock, num_heads_for
-from training.heads.head import AuxHead, create_head
+from training.model.heads.blocks import BLOCKS, HeadBlock, num_heads_for
+from training.model.heads.head import AuxHead, create_head
 
 __all__ = [
     "BLOCKS",

@@ -1,7 +1,8 @@
 """A run's assembled state: data, student/teacher, objective, optimiser, schedules, checkpoint.
 
 ``build_session`` turns a :class:`TrialConfig` into everything the loop needs (and resumes from
-a checkpoint); ``training.session_eval.evaluate_session`` runs the probes and discrepancies on it.
+a checkpoint); ``training.loop.session_eval.evaluate_session`` runs the probes and discrepancies
+on it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,25 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from training import checkpoint, runlog
 from training.data import ImageSet, TwoCropAugment, num_batches, open_dataset, stratified_subset
 from training.errors import DataError, HSSLError
-from training.network import HSSLNetwork
-from training.objective import HSSLObjective
-from training.optim import param_groups
-from training.phases import Phases
+from training.loop.optim import param_groups
+from training.loop.schedules import cosine_schedule, lr_for_batch, teacher_temperature
+from training.model.network import HSSLNetwork
+from training.model.teacher import ema_update, make_teacher
+from training.objective.hssl import HSSLObjective
 from training.recipe import TrialConfig
-from training.runtime import Runtime, resolve, seed_everything
-from training.schedules import cosine_schedule, lr_for_batch, teacher_temperature
-from training.teacher import ema_update, make_teacher
+from training.runtime import checkpoint, runlog
+from training.runtime.device import (
+    Runtime,
+    channels_last,
+    place,
+    resolve,
+    seed_everything,
+    wrap_distributed,
+)
+from training.runtime.phases import Phases
 
 
 @dataclass
@@ -67,7 +74,7 @@ class Session:
 
     @property
     def log_path(self) -> Path | None:
-        """The per-epoch ``log.jsonl`` beside the checkpoint (:mod:`training.runlog`)."""
+        """The per-epoch ``log.jsonl`` beside the checkpoint (:mod:`training.runtime.runlog`)."""
         return self.checkpoint_path.parent / runlog.FILENAME if self.checkpoint_path else None
 
     def ema(self, momentum: float) -> None:
@@ -127,7 +134,7 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         train_set=train_set,
         heldout_set=heldout_set,
         interim_set=interim_set,
-        student=_distributed(network, config, runtime),
+        student=wrap_distributed(network, runtime, find_unused_parameters=not config.masking),
         network=network,
         teacher=teacher,
         objective=objective,
@@ -135,7 +142,7 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         augment=TwoCropAugment(config.base.img_size),
         schedules=_schedules(config, steps, runtime.world_size),
         steps_per_epoch=steps,
-        channels_last=_channels_last(runtime),
+        channels_last=channels_last(runtime),
         checkpoint_path=Path(output_dir) / checkpoint.FILENAME if output_dir else None,
     )
     if session.checkpoint_path and session.checkpoint_path.exists():
@@ -143,13 +150,8 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
     return session
 
 
-def _channels_last(runtime: Runtime) -> bool:
-    return runtime.device.type == "cuda"
-
-
 def _network(config: TrialConfig, runtime: Runtime) -> HSSLNetwork:
-    """The student on the run's device: SyncBatchNorm under multi-GPU DDP, channels-last on
-    CUDA."""
+    """The student, placed on the run's device (:func:`place`)."""
     network = HSSLNetwork(
         config.base,
         config.heads,
@@ -159,12 +161,8 @@ def _network(config: TrialConfig, runtime: Runtime) -> HSSLNetwork:
         head_input=config.head_input,
         head_sees_mask=config.head_sees_mask,
         proj_bn=config.proj_bn,
-    ).to(runtime.device)
-    if runtime.world_size > 1 and runtime.device.type == "cuda":
-        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # BN over the global batch
-    if _channels_last(runtime):
-        network = network.to(memory_format=torch.channels_last)
-    return network
+    )
+    return place(network, runtime)
 
 
 def _objective(config: TrialConfig) -> HSSLObjective:
@@ -190,17 +188,6 @@ def _steps_per_epoch(config: TrialConfig, train_set: ImageSet, world_size: int) 
             f"one batch of {config.batch_size} per process; lower batch_size"
         )
     return steps
-
-
-def _distributed(network: HSSLNetwork, config: TrialConfig, runtime: Runtime) -> nn.Module:
-    """The network DDP-wrapped under torchrun, else itself."""
-    if runtime.world_size == 1:
-        return network
-    return DistributedDataParallel(
-        network,
-        device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-        find_unused_parameters=not config.masking,
-    )
 
 
 def _schedules(cfg: TrialConfig, steps: int, world_size: int) -> Schedules:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from training.discrepancy import cross_entropy, target_probs
+from training.objective.targets import cross_entropy, target_probs
 
 __all__ = [
     "center_update",

@@ -18,9 +18,9 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from training import checkpoint
+from training.model.timm_build import timm_kwargs_for
 from training.recipe import TrialConfig
-from training.timm_build import timm_kwargs_for
+from training.runtime import checkpoint
 
 PREFIX = "base.model."
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import ImageSet, eval_view, iterate_batches
-from training.probes import knn_accuracy, linear_probe, with_sampling_se
+from training.evaluation.probes import knn_accuracy, linear_probe, with_sampling_se
 
 PIXEL_SIDE = 32
 

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from training.losses import (
+from training.model.network import NetworkOutput
+from training.objective.losses import (
     center_update,
     global_loss,
     koleo_loss,
@@ -29,7 +30,6 @@ from training.losses import (
     target_probs,
     weighted_total,
 )
-from training.network import NetworkOutput
 from training.recipe import GLOBAL_TARGETS
 
 

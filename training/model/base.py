@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from training.config import BaseSpec
 from training.errors import SpecError
-from training.timm_build import build_timm_model
+from training.model.timm_build import build_timm_model
 
 
 class BaseOutput(NamedTuple):

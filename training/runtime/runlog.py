@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 FILENAME = "log.jsonl"
-# measured, so they differ between two runs (phase_s: seconds per phase, training.phases)
+# measured, so they differ between two runs (phase_s: seconds per phase, training.runtime.phases)
 TIMING_FIELDS = ("images_per_s", "epoch_time_s", "phase_s")
 
 

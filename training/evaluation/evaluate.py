@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from training.collapse import classify, target_stats, worst
 from training.data import ImageSet, eval_view, iterate_batches
-from training.discrepancy import cka_discrepancy, loss_discrepancy, target_probs
-from training.network import HSSLNetwork
-from training.objective import HSSLObjective
-from training.phases import untimed
-from training.probes import knn_accuracy, linear_probe, with_sampling_se
+from training.evaluation.collapse import classify, target_stats, worst
+from training.evaluation.discrepancy import cka_discrepancy, loss_discrepancy
+from training.evaluation.probes import knn_accuracy, linear_probe, with_sampling_se
+from training.model.network import HSSLNetwork
+from training.objective.hssl import HSSLObjective
+from training.objective.targets import target_probs
+from training.runtime.phases import untimed
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The HSSL network: base + K auxiliary heads + projectors + one shared prototype layer (method §2).
 
 Student and teacher are two instances of :class:`HSSLNetwork`; the teacher is an EMA copy with
-drop-path off and no gradients (see ``training.teacher``).
+drop-path off and no gradients (see ``training.model.teacher``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.base import create_base
 from training.config import BaseSpec, HeadSpec
-from training.heads import create_head
+from training.model.base import create_base
+from training.model.heads import create_head
 
 
 class Projector(nn.Module):

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from training.discrepancy import entropy
+from training.objective.targets import entropy
 
 # A target is "uniform" when it carries almost no information about the image: the mutual
 # information between image and prototype, I = H(mean target) − mean H(target), is below this

@@ -4,7 +4,7 @@ Probes on the teacher base (each with its sampling SE), the label-free estimator
 embeddings (RankMe, α-ReQ), the collapse diagnostics of the global targets and every head's
 discrepancies, computed by rank 0 while the other ranks wait. At initialisation (epoch 0) the
 BN statistics are first recalibrated and the raw-pixel reference measured: the honest floor
-(``training.floor``).
+(``training.evaluation.floor``).
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from typing import Any
 
 import torch.distributed as dist
 
-from training.estimators import estimator_metrics
-from training.evaluate import (
+from training.evaluation.estimators import estimator_metrics
+from training.evaluation.evaluate import (
     Embeddings,
     collapse_metrics,
     discrepancy_metrics,
     embed_set,
     probe_metrics,
 )
-from training.floor import pixel_probes, recalibrate_bn
-from training.probes import with_sampling_se
-from training.session import Session
+from training.evaluation.floor import pixel_probes, recalibrate_bn
+from training.evaluation.probes import with_sampling_se
+from training.loop.session import Session
 
 PATCH_DIAGNOSTIC_IMAGES = 256  # held-out images whose patch targets the diagnostics read
 
@@ -31,7 +31,7 @@ PATCH_DIAGNOSTIC_IMAGES = 256  # held-out images whose patch targets the diagnos
 def evaluate_session(s: Session, epoch: int, *, final: bool, linear: bool) -> dict[str, Any]:
     """Probes on the teacher base, collapse diagnostics and per-head discrepancies (rank 0
     computes, all wait). At initialisation (epoch 0) BN statistics are first recalibrated and
-    the raw-pixel reference is measured: the honest floor (``training.floor``)."""
+    the raw-pixel reference is measured: the honest floor (``training.evaluation.floor``)."""
     metrics = _evaluate_on_main(s, epoch, final, linear) if s.runtime.main else {}
     if s.runtime.main and s.config.finetune_probe and (epoch == 0 or final):
         with s.phases("finetune"):

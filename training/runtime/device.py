@@ -1,4 +1,5 @@
-"""Where and how a run executes: device, precision, seeding, DDP set-up, memory figures."""
+"""Where and how a run executes: device, precision, seeding, the network's placement and DDP
+wrapping (for both engines), memory figures."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from training.errors import SpecError
 
@@ -53,6 +56,35 @@ def resolve(device: str, precision: str) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
     return Runtime(dev, bf16, rank, world)
+
+
+def channels_last(runtime: Runtime) -> bool:
+    """Channels-last memory format: on CUDA (tensor-core convolutions), not on a CPU."""
+    return runtime.device.type == "cuda"
+
+
+def place(network: nn.Module, runtime: Runtime) -> nn.Module:
+    """``network`` on the run's device, ready for the step both engines take: BatchNorm over the
+    global batch (SyncBatchNorm) under multi-GPU DDP, channels-last on CUDA."""
+    network = network.to(runtime.device)
+    if runtime.world_size > 1 and runtime.device.type == "cuda":
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    if channels_last(runtime):
+        network = network.to(memory_format=torch.channels_last)
+    return network
+
+
+def wrap_distributed(
+    network: nn.Module, runtime: Runtime, *, find_unused_parameters: bool = False
+) -> nn.Module:
+    """The module the step calls: ``network`` DDP-wrapped under torchrun, else itself."""
+    if runtime.world_size == 1:
+        return network
+    return DistributedDataParallel(
+        network,
+        device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+    )
 
 
 def _init_distributed(device: str) -> tuple[int, int]:
