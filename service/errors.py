@@ -1,11 +1,13 @@
-"""Errors the API answers as RFC 9457 problem+json; each carries its HTTP status and title."""
+"""Errors the API answers as RFC 9457 problem+json; each carries its HTTP status, title and
+slug (the last part of its ``type`` URI). The one table of the API's problems: the handlers
+answer with these classes and the OpenAPI documents them (``documented``). A ``Problem`` is a
+service error, not the engine's: the engine's bad input (``training.errors.HSSLError``) is
+answered as :class:`InvalidInput`."""
 
 from __future__ import annotations
 
-from training.errors import HSSLError
 
-
-class Problem(HSSLError):
+class Problem(Exception):
     status = 400
     title = "Bad request"
     slug = "bad-request"
@@ -59,3 +61,43 @@ class NotReady(Conflict):
 
 class Unavailable(Problem):
     status, title, slug = 503, "Service unavailable", "unavailable"
+
+
+class InvalidRequest(Problem):
+    """A query, path or header parameter that fails validation (the body's own is
+    :class:`InvalidSpec`)."""
+
+    status, title, slug = 422, "Invalid request", "invalid-request"
+
+
+class InvalidInput(Problem):
+    """The engine refused an input (a ``training.errors.HSSLError`` that reached the API)."""
+
+    status, title, slug = 422, "Invalid input", "invalid-input"
+
+
+class Internal(Problem):
+    status, title, slug = 500, "Internal server error", "internal"
+
+
+# what a route's OpenAPI documents for a status unless it names another problem
+DOCUMENTED: dict[int, type[Problem]] = {
+    cls.status: cls
+    for cls in (
+        MalformedBody,
+        Unauthorized,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        InvalidRequest,
+        RateLimited,
+        Internal,
+        Unavailable,
+    )
+}
+
+
+def documented(status: int) -> type[Problem]:
+    """The problem a route documents for ``status`` by default."""
+    return DOCUMENTED.get(status, Problem)

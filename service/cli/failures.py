@@ -9,6 +9,7 @@ import os
 import typer
 import yaml
 
+from service.errors import Problem
 from training.errors import HSSLError
 
 
@@ -21,7 +22,7 @@ def fail_cleanly(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (HSSLError, OSError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        except (HSSLError, Problem, OSError, yaml.YAMLError, json.JSONDecodeError) as exc:
             typer.echo(f"error: {_one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):

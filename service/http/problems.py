@@ -23,7 +23,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.errors import MalformedBody, Problem
+from service.errors import (
+    Internal,
+    InvalidInput,
+    InvalidRequest,
+    InvalidSpec,
+    MalformedBody,
+    Problem,
+    Unavailable,
+)
 from service.http.schemas import PROBLEM_BASE
 from training.errors import HSSLError
 
@@ -102,8 +110,6 @@ def summary(errors: list[dict[str, str]]) -> str:
 
 def invalid_spec(exc: ValidationError) -> Problem:
     """A SearchSpec validation error as the 422 problem (field paths without 'body')."""
-    from service.errors import InvalidSpec
-
     errors = field_errors(exc.errors(include_input=False, include_url=False))
     return InvalidSpec(summary(errors), errors=errors)
 
@@ -119,13 +125,7 @@ async def _on_problem(request: Request, exc: Exception) -> ProblemResponse:
 
 
 async def _on_hssl_error(request: Request, exc: Exception) -> ProblemResponse:
-    return problem_response(
-        request.url.path,
-        status=422,
-        title="Invalid input",
-        slug="invalid-input",
-        detail=str(exc) or type(exc).__name__,
-    )
+    return from_problem(request.url.path, InvalidInput(str(exc) or type(exc).__name__))
 
 
 async def _on_validation(request: Request, exc: Exception) -> ProblemResponse:
@@ -137,14 +137,7 @@ async def _on_validation(request: Request, exc: Exception) -> ProblemResponse:
             MalformedBody("the body is not valid JSON; send a JSON object"),
         )
     errors = field_errors(raw, drop=("body",))
-    return problem_response(
-        request.url.path,
-        status=422,
-        title="Invalid request",
-        slug="invalid-request",
-        detail=summary(errors),
-        errors=errors,
-    )
+    return from_problem(request.url.path, InvalidRequest(summary(errors), errors=errors))
 
 
 async def _on_http(request: Request, exc: Exception) -> ProblemResponse:
@@ -193,25 +186,14 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 def internal_error(request_path: str) -> ProblemResponse:
-    return problem_response(
-        request_path,
-        status=500,
-        title="Internal server error",
-        slug="internal",
-        detail="the server failed to answer this request; it was logged, please retry later",
-    )
+    detail = "the server failed to answer this request; it was logged, please retry later"
+    return from_problem(request_path, Internal(detail))
 
 
 async def _on_database_down(request: Request, exc: Exception) -> ProblemResponse:
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return problem_response(
-        request.url.path,
-        status=503,
-        title="Service unavailable",
-        slug="unavailable",
-        detail="the database does not answer right now; retry shortly",
-        retry_after=5,
-    )
+    detail = "the database does not answer right now; retry shortly"
+    return from_problem(request.url.path, Unavailable(detail, retry_after=5))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> ProblemResponse:

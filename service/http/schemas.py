@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
+from service.errors import InvalidSpec
 from service.persistence.models import Search, SearchTrial
 from service.statuses import SearchStatus
 
@@ -189,8 +190,8 @@ class FieldError(BaseModel):
 
 
 PROBLEM_EXAMPLE: dict[str, Any] = {
-    "type": PROBLEM_BASE + "invalid-spec",
-    "title": "Invalid search spec",
+    "type": PROBLEM_BASE + InvalidSpec.slug,
+    "title": InvalidSpec.title,
     "status": 422,
     "detail": "base.name: unknown timm model 'resnet19'; did you mean: resnet18, resnet18d",
     "instance": "/v1/searches",

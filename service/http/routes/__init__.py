@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import http
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
 from sqlalchemy import Engine
 
+from service.errors import Problem, documented
 from service.http.problems import MEDIA_TYPE
 from service.http.schemas import PROBLEM_BASE
 from service.persistence.settings import Settings
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
-_SLUGS = {
-    400: "malformed-json",
-    401: "unauthorized",
-    404: "not-found",
-    409: "conflict",
-    413: "payload-too-large",
-    415: "unsupported-media-type",
-    422: "invalid-request",
-    429: "rate-limited",
-    503: "unavailable",
-}
 _DETAILS = {
     400: "the body is not valid JSON: Expecting value: line 1 column 1 (char 0)",
     401: "send your API key as 'Authorization: Bearer hssl_...'",
@@ -37,14 +28,18 @@ _DETAILS = {
 }
 
 
-def problems(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries: problem+json with the shared schema and an example."""
+def problems(
+    *codes: int, kinds: Mapping[int, type[Problem]] | None = None, **descriptions: str
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries: problem+json with the shared schema and an example of
+    the problem the route answers (``service.errors.documented``, or ``kinds[code]``)."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         phrase = http.HTTPStatus(code).phrase
+        kind = (kinds or {}).get(code) or documented(code)
         example = {
-            "type": PROBLEM_BASE + _SLUGS.get(code, "bad-request"),
-            "title": phrase,
+            "type": PROBLEM_BASE + kind.slug,
+            "title": kind.title,
             "status": code,
             "detail": _DETAILS.get(code, phrase),
             "instance": "/v1/searches",

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from service.errors import InvalidSpec
 from service.http.auth import TenantDep
 from service.http.routes import AUTH_PROBLEMS, BODY_PROBLEMS, problems, request_engine, settings_of
 from service.http.schemas import STATUSES, SearchPage, SearchResource, Status
@@ -41,6 +42,7 @@ SPEC_EXAMPLE = {
         *BODY_PROBLEMS,
         409,
         422,
+        kinds={422: InvalidSpec},
         d409="this Idempotency-Key was used with a different body",
         d422="the spec is invalid (each field in `errors`)",
         d429="rate limited, or a quota (concurrent searches, runs per search) is exceeded",
