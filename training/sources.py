@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.errors import DataError
+from training.errors import DataError, first_line
 
 BUILTIN_SOURCES = ("animal-mnist", "digits", "synthetic")
 
@@ -27,7 +27,7 @@ def resolve_source(source: str, root: Path, *, base: Path | None = None) -> str:
         resolved = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
     except (OSError, ValueError, RuntimeError) as exc:
         why = "it cannot be resolved"
-        raise _unusable(source, f"{why} ({_first_line(exc)})", root, why) from None
+        raise _unusable(source, f"{why} ({first_line(exc)})", root, why) from None
     if not resolved.is_relative_to(root):
         why = "outside the data root"
         raise _unusable(source, f"it resolves to {resolved}, {why}", root, f"it is {why}")
@@ -56,8 +56,3 @@ def _unusable(source: str, why: str, root: Path, public_why: str) -> DataError:
         f"data {source!r} cannot be used: {why} (the data root is {root})",
         public=f"data {source!r} cannot be used: {public_why}",
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from service.cli.failures import fail_cleanly
-from training.errors import HSSLError
+from training.errors import HSSLError, one_line
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -25,10 +25,6 @@ keys_app = typer.Typer(help="Manage API keys (hssl_<prefix>_<secret>).", no_args
 
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 KEY_PREFIX = re.compile(r"^(?:hssl_)?([0-9a-f]{8})(?:_.*)?$")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 @contextlib.contextmanager
@@ -41,9 +37,9 @@ def database_errors() -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise HSSLError(f"database error: {_one_line(exc.orig or exc)}") from None
+        raise HSSLError(f"database error: {one_line(exc.orig or exc)}") from None
     except (psycopg.Error, CommandError) as exc:
-        raise HSSLError(f"database error: {_one_line(exc)}") from None
+        raise HSSLError(f"database error: {one_line(exc)}") from None
 
 
 def _settings():

@@ -10,7 +10,7 @@ import typer
 import yaml
 
 from service.errors import Problem
-from training.errors import HSSLError
+from training.errors import HSSLError, exc_line, one_line
 
 
 def fail_cleanly(func):
@@ -23,19 +23,15 @@ def fail_cleanly(func):
         try:
             return func(*args, **kwargs)
         except (HSSLError, Problem, OSError, yaml.YAMLError, json.JSONDecodeError) as exc:
-            typer.echo(f"error: {_one_line(str(exc))}", err=True)
+            typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
             if os.environ.get("HSSL_DEBUG") == "1":
                 raise
-            text = _one_line(f"{type(exc).__name__}: {exc}")
+            text = exc_line(exc, limit=None)
             typer.echo(f"error: {text} (HSSL_DEBUG=1 shows where)", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "no details"

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from service.cli.failures import fail_cleanly
+from training.errors import one_line
 
 Opt = typer.Option
 NONE = ("none", "")
@@ -99,7 +100,7 @@ def finetune(
     if result.status != "failed" or result.epochs_done:  # nothing to show if nothing ran
         typer.echo(json.dumps({"config": config.to_dict(), **result.to_dict()}, indent=2))
     if result.status == "failed":
-        typer.echo(f"error: fine-tune failed: {' '.join(result.reason.split())}", err=True)
+        typer.echo(f"error: fine-tune failed: {one_line(result.reason)}", err=True)
         raise typer.Exit(1)
 
 

@@ -10,6 +10,7 @@ from service.cli.finetune import finetune
 from service.cli.search import search_app
 from service.cli.serve import serve, worker
 from service.cli.train import export, heads, train
+from training.errors import one_line
 
 app = typer.Typer(
     help="hssl-search: find and use the best auxiliary head for HSSL pre-training.",
@@ -59,6 +60,6 @@ def main() -> None:
             sys.exit(0)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        typer.echo(f"error: {' '.join(message.split())}{hint}", err=True)
+        typer.echo(f"error: {one_line(message)}{hint}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

@@ -26,7 +26,7 @@ from service.persistence import store
 from service.persistence.db import session_scope
 from service.persistence.models import Search, Tenant
 from service.persistence.settings import Settings
-from training.errors import DataError, HSSLError
+from training.errors import DataError, HSSLError, first_line
 from training.sources import resolve_source
 
 log = logging.getLogger("service.api")
@@ -43,7 +43,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
-        raise MalformedBody(f"the body is not valid JSON: {_first_line(exc)}") from None
+        raise MalformedBody(f"the body is not valid JSON: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise InvalidSpec(
             f"the body must be a JSON object (a search spec), not {type(data).__name__}",
@@ -61,7 +61,7 @@ def validate_spec(data: dict[str, Any]) -> SearchSpec:
     except ValidationError as exc:
         raise invalid_spec(exc) from None
     except (HSSLError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        message = _first_line(exc) or type(exc).__name__
+        message = first_line(exc)
         raise InvalidSpec(message, errors=[{"field": "", "message": message}]) from None
 
 
@@ -155,11 +155,6 @@ def _insert(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 __all__ = ["submit_search"]

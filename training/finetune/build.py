@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from training.errors import SpecError
+from training.errors import SpecError, one_line
 from training.finetune.config import FinetuneConfig
 from training.finetune.init import InitWeights
 from training.finetune.resolve import architecture, model_name
@@ -44,7 +44,7 @@ def build_model(
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         raise SpecError(
             f"could not build {name!r} with {kwargs} and global_pool={config.global_pool!r}: "
-            f"{' '.join(str(exc).split()) or type(exc).__name__}"
+            f"{one_line(exc) if str(exc).strip() else type(exc).__name__}"
         ) from None
     loaded = load_base(model, init) if init else {"loaded": 0, "fresh": [], "unused": []}
     reset_classifier(model, config.head_init_std)
