@@ -63,3 +63,33 @@ def test_eval_epochs_are_checked() -> None:
     assert TrialConfig.from_dict(config.to_dict()) == config
     assert [config.due(e) for e in (1, 2, 3)] == [True, True, True]
     assert [_config(eval_every=0).due(e) for e in (1, 2, 3)] == [False, False, True]
+
+
+def test_one_pass_serves_teacher_and_student_at_init_and_changes_no_result(monkeypatch) -> None:
+    """At initialisation the teacher is the student's copy: its BN recalibration and its views
+    serve both (issue 24). Same seed, with and without the shortcut: every metric identical."""
+    import training.loop.session_eval as session_eval
+    from training.runtime.runlog import TIMING_FIELDS
+
+    calls = {"twins": 0}
+    real = session_eval.same_weights
+
+    def counted(a, b):
+        calls["twins"] += bool(real(a, b))
+        return real(a, b)
+
+    config = _config(heldout_images=300, interim_eval_images=100, eval_epochs=(1,))
+    assert config.recalibrate_bn and config.proj_bn  # BatchNorms whose statistics are copied
+    monkeypatch.setattr(session_eval, "same_weights", counted)
+    shortcut = run_trial(config)
+    assert calls["twins"] == 1  # taken at initialisation only: after a step they differ
+    monkeypatch.setattr(session_eval, "same_weights", lambda a, b: False)
+    full = run_trial(config)
+
+    def results(r):
+        drop = set(TIMING_FIELDS)
+        return r.init_metrics, [{k: v for k, v in h.items() if k not in drop} for h in r.history]
+
+    assert shortcut.status == full.status == "completed"
+    assert results(shortcut) == results(full)
+    assert "d_kl" in shortcut.init_metrics and shortcut.init_metrics["d_kl"] > 0

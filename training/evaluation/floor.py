@@ -62,6 +62,19 @@ def recalibrate_bn(
     return len(norms)
 
 
+@torch.no_grad()
+def copy_bn_statistics(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target``'s BatchNorms ``source``'s running statistics (the same architecture)."""
+    norms = [
+        [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for net in (source, target)
+    ]
+    for src, dst in zip(*norms, strict=True):
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            if getattr(src, name) is not None:
+                getattr(dst, name).copy_(getattr(src, name))
+
+
 def pixel_features(images: ImageSet, img_size: int, limit: int | None = None) -> torch.Tensor:
     """Flattened normalised fixed views (at most PIXEL_SIDE px a side), N x D, float32."""
     side = min(img_size, PIXEL_SIDE)

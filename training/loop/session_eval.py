@@ -21,9 +21,10 @@ from training.evaluation.evaluate import (
     embed_set,
     probe_metrics,
 )
-from training.evaluation.floor import pixel_probes, recalibrate_bn
+from training.evaluation.floor import copy_bn_statistics, pixel_probes, recalibrate_bn
 from training.evaluation.probes import with_sampling_se
 from training.loop.session import Session
+from training.model.teacher import same_weights
 
 PATCH_DIAGNOSTIC_IMAGES = 256  # held-out images whose patch targets the diagnostics read
 
@@ -47,12 +48,16 @@ def _evaluate_on_main(s: Session, epoch: int, final: bool, linear: bool) -> dict
     diagnostics and discrepancies on the interim subset at every evaluation (comparable across
     epochs, and a fraction of the cost: they read four passes of the network)."""
     cfg, timed = s.config, s.phases
+    # at initialisation the teacher is the student's exact copy: one network's passes serve both
+    twins = epoch == 0 and same_weights(s.teacher, s.network)
     if epoch == 0 and cfg.recalibrate_bn:
         with timed("bn_recalibration"):
-            for net in (s.teacher, s.network):
+            for net in (s.teacher,) if twins else (s.teacher, s.network):
                 recalibrate_bn(
                     net, s.train_set, img_size=cfg.base.img_size, device=s.runtime.device
                 )
+            if twins:
+                copy_bn_statistics(s.teacher, s.network)
     kw = _embed_kwargs(s)
     whole = (epoch == 0 or final) and s.interim_set is not s.heldout_set
     with timed("features"):
@@ -83,7 +88,7 @@ def _evaluate_on_main(s: Session, epoch: int, final: bool, linear: bool) -> dict
     metrics.update(diagnostics)
     if cfg.heads:
         with timed("discrepancies"):
-            metrics.update(_head_metrics(s, interim, head_rows, temp))
+            metrics.update(_head_metrics(s, interim, head_rows, temp, twins=twins))
     return metrics
 
 
@@ -132,13 +137,19 @@ def _head_metrics(
     query: Embeddings,
     head_rows: list[dict[str, Any]],
     teacher_temp: float,
+    *,
+    twins: bool = False,
 ) -> dict[str, Any]:
     """``heads``: one row per head (its discrepancies and target diagnostics) on two views of
-    the held-out images (plain and flipped); with one head its row is also at the top level."""
+    the held-out images (plain and flipped); with one head its row is also at the top level.
+    ``twins``: the student holds the teacher's weights, so the teacher's views are its own."""
     cfg, kw = s.config, _embed_kwargs(s)
     images = s.interim_set
     teacher_views = [query, embed_set(s.teacher, images, flip=True, **kw)]
-    student_views = [embed_set(s.network, images, flip=f, **kw) for f in (False, True)]
+    if twins:
+        student_views = teacher_views
+    else:
+        student_views = [embed_set(s.network, images, flip=f, **kw) for f in (False, True)]
     rows = discrepancy_metrics(
         teacher_views,
         student_views,

@@ -21,6 +21,14 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two networks hold exactly the same parameters and buffers (the teacher and the
+    student at initialisation): then they compute the same outputs, and one pass serves both."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """θt ← m·θt + (1 − m)·θs over the parameters (buffers are the teacher's own)."""
     t_params = list(teacher.parameters())
