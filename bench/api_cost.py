@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.net_helpers import ReservedPort  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK")
 BLOCK = 50  # requests of one path between two readings of the server's CPU time
 SPEC = {
@@ -47,12 +51,6 @@ SPEC = {
     "space": {"families": ["convnext"]},
     "budget": {"epochs": 1},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def hssl(env: dict[str, str], *args: str) -> dict:
@@ -136,7 +134,8 @@ def main() -> None:
         hssl(env, "tenants", "create", "bench")
         key = hssl(env, "keys", "create", "--tenant", "bench")["key"]
 
-        port = free_port()
+        reserved = ReservedPort()  # held until the server listens on it
+        port = reserved.port
         url = f"http://127.0.0.1:{port}"
         log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 (closed below)
         started = time.monotonic()
@@ -150,6 +149,7 @@ def main() -> None:
         try:
             wait_healthy(url, proc)
             start_s = time.monotonic() - started
+            reserved.release()
             rss_started = memory_mb(proc.pid)
             headers = {"Authorization": f"Bearer {key}"}
             with httpx.Client(base_url=url, headers=headers, timeout=30) as client:

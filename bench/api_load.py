@@ -68,9 +68,10 @@ from service.persistence import store  # noqa: E402
 from service.persistence.db import session_scope  # noqa: E402
 from service.persistence.migrate import migrate  # noqa: E402
 from service.persistence.settings import Settings  # noqa: E402
-from tests.dispatch_helpers import wait_for  # noqa: E402
-from tests.pg import Cluster, free_port  # noqa: E402
+from tests.net_helpers import ReservedPort  # noqa: E402
+from tests.pg import Cluster  # noqa: E402
 from tests.search_helpers import TINY_SEARCH  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 ROUTES = ("submit", "status", "list", "trials")
 BENCH_APP = "hssl-api-load"  # application_name of this script's own connections (not counted)
@@ -163,19 +164,19 @@ def api_command(server: str, port: int) -> list[str]:
 
 
 def start_api(settings: Settings, workdir: Path, name: str, server: str) -> tuple[Proc, str]:
-    port = free_port()
-    proc = Proc(name, api_command(server, port), child_env(settings), workdir)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if not proc.alive():
-            raise RuntimeError(f"{name} exited ({proc.popen.returncode}):\n{proc.tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return proc, url
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not become ready in 120 s:\n{proc.tail()}")
-        time.sleep(0.2)
+    with ReservedPort() as port:  # held until the server listens on it
+        proc = Proc(name, api_command(server, port), child_env(settings), workdir)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited ({proc.popen.returncode}):\n{proc.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    return proc, url
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not become ready in 120 s:\n{proc.tail()}")
+            time.sleep(0.2)
 
 
 # ---- database ---------------------------------------------------------------------------
@@ -596,13 +597,13 @@ def one_dispatch(conn: psycopg.Connection, url: str, key: str, timeout: float) -
             return -1.0
         return first("trial.started")
 
-    started_at = wait_for(started, timeout, every=0.02, what="the first trial.started")
+    started_at = wait_until(started, timeout, every=0.02, what="the first trial.started")
     running_at = first("search.running")
 
     def since(at: float | None, digits: int = 3) -> float | None:
         return None if at is None else round(at - t0, digits)
 
-    status, finished_at = wait_for(final, timeout, every=0.2, what="the search to finish")
+    status, finished_at = wait_until(final, timeout, every=0.2, what="the search to finish")
     job = conn.execute("SELECT status FROM jobs WHERE search_id = %s", (sid,)).fetchone()
     return {
         "search_id": sid,
@@ -652,7 +653,7 @@ def run_dispatch(
                 row = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
                 return bool(row and row[0])
 
-            wait_for(worker_up, 120, every=0.2, what="the worker to register")
+            wait_until(worker_up, 120, every=0.2, what="the worker to register")
             time.sleep(args.worker_settle)  # idle: its start-up maintenance job is done
             with ConnectionSampler(cluster.conninfo(), dbname) as sampler:
                 runs = [
@@ -691,7 +692,7 @@ def wait_registered(conn: psycopg.Connection, workers: list[Proc]) -> None:
         row = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
         return bool(row and row[0] >= len(workers))
 
-    wait_for(registered, 120, every=0.2, what="the workers to register")
+    wait_until(registered, 120, every=0.2, what="the workers to register")
 
 
 def wait_running(conn: psycopg.Connection, timeout: float) -> None:
@@ -701,7 +702,7 @@ def wait_running(conn: psycopg.Connection, timeout: float) -> None:
         row = conn.execute("SELECT 1 FROM search_events WHERE kind = 'trial.started' LIMIT 1")
         return row.fetchone() is not None
 
-    wait_for(running, timeout, every=0.2, what="a worker to start a trial")
+    wait_until(running, timeout, every=0.2, what="a worker to start a trial")
 
 
 def soak_activity(conn: psycopg.Connection, t0: float, t1: float) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from service.http.app import create_app
 from service.persistence import store
 from service.persistence.db import engine_for, session_scope
 from service.persistence.settings import Settings
+from tests.waiting import wait_until
 
 PROBLEM = "application/problem+json"
 # valid and cheap to validate: one family, one seed → planned = 1
@@ -49,21 +49,22 @@ class Recorder:
 
 @contextmanager
 def live_server(app):
-    """Serve ``app`` until the block ends; yields its base URL."""
+    """Serve ``app`` until the block ends; yields its base URL. uvicorn is handed the socket
+    this bound (port 0: the kernel's choice), so no other process can take the port first."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
+
+    def started() -> bool:
+        assert thread.is_alive(), "uvicorn stopped before it served"
+        return server.started
+
     try:
+        thread.start()
+        wait_until(started, 30, "uvicorn to start")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

@@ -10,18 +10,21 @@ PostgreSQL (a throwaway cluster started once per session, see ``tests/pg.py``).
 - ``settings``: ``Settings(data_dir=tmp_path, database_url=database_url)``, isolated from
   ``HSSL_*`` variables (``clean_env``) and ``.env``; ``make_settings(data_dir, url, **kw)`` builds
   more (e.g. ``data_root=``).
+- ``reserved_port``: a loopback port held for the test's server processes (``ReservedPort``).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.net_helpers import ReservedPort
 from tests.pg import Cluster, PostgresUnavailable
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -58,6 +61,14 @@ def clean_env(monkeypatch):
     """No HSSL_* variables: settings built in the test (or its subprocesses) see only defaults."""
     for name in [n for n in os.environ if n.startswith("HSSL_")]:
         monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def reserved_port() -> Iterator[int]:
+    """A loopback port no one else can take while the test runs: its server processes bind it
+    (again, after a restart) themselves."""
+    with ReservedPort() as port:
+        yield port
 
 
 # ---- PostgreSQL --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL cluster for the tests: initdb into a temp dir, one postmaster on a
-free loopback port (and a unix socket dir under /tmp), trust auth, no fsync. Root cannot run
-PostgreSQL, so as root the binaries run as the ``postgres`` OS user (Debian's package makes it).
+loopback port held for it (``ReservedPort``) and a unix socket dir under /tmp, trust auth, no
+fsync. Root cannot run PostgreSQL, so as root the binaries run as the ``postgres`` OS user
+(Debian's package makes it).
 
 A missing installation is an error, never a skip: ``scripts/test.sh`` installs it.
 """
@@ -12,7 +13,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 
 import psycopg
+
+from tests.net_helpers import ReservedPort
 
 INSTALL_HINT = (
     "run `bash scripts/test.sh` (it installs Debian's postgresql as root), "
@@ -50,18 +52,13 @@ def find_bindir() -> Path:
     raise PostgresUnavailable(f"PostgreSQL's initdb/pg_ctl were not found; {INSTALL_HINT}")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Cluster:
     """One postmaster; ``url(db)`` gives SQLAlchemy URLs, ``create_database`` fresh databases."""
 
     def __init__(self, bindir: Path | None = None) -> None:
         self.bindir = bindir or find_bindir()
         self.port = 0
+        self._reserved: ReservedPort | None = None
         self.root: Path | None = None
         self.running = False
         self._options = ""
@@ -108,28 +105,26 @@ class Cluster:
             "--no-sync",
             "--no-instructions",
         )
-        for attempt in range(3):  # a free port can be taken between choosing and binding
-            self.port = free_port()
-            options = " ".join(
-                [
-                    "-c listen_addresses=127.0.0.1",
-                    f"-p {self.port}",
-                    f"-k {sockets}",
-                    "-c fsync=off",
-                    "-c synchronous_commit=off",
-                    "-c full_page_writes=off",
-                    "-c max_connections=200",
-                    "-c shared_buffers=32MB",
-                ]
-            )
-            self._options = options
-            proc = self._pg_ctl_start()
-            if proc.returncode == 0:
-                self.running = True
-                return self
-            if attempt == 2:
-                log = (self.root / "postgres.log").read_text(errors="replace")[-2000:]
-                raise PostgresUnavailable(f"pg_ctl start failed: {proc.stderr.strip()}\n{log}")
+        # the port stays held until stop(): no other test takes it, not even during restart()
+        self._reserved = ReservedPort()
+        self.port = self._reserved.port
+        self._options = " ".join(
+            [
+                "-c listen_addresses=127.0.0.1",
+                f"-p {self.port}",
+                f"-k {sockets}",
+                "-c fsync=off",
+                "-c synchronous_commit=off",
+                "-c full_page_writes=off",
+                "-c max_connections=200",
+                "-c shared_buffers=32MB",
+            ]
+        )
+        proc = self._pg_ctl_start()
+        if proc.returncode != 0:
+            log = (self.root / "postgres.log").read_text(errors="replace")[-2000:]
+            raise PostgresUnavailable(f"pg_ctl start failed: {proc.stderr.strip()}\n{log}")
+        self.running = True
         return self
 
     def _pg_ctl_start(self) -> subprocess.CompletedProcess:
@@ -151,7 +146,7 @@ class Cluster:
 
     def restart(self, down_s: float = 0.0) -> None:
         """Stop the server (``-m fast``: every session is terminated, as in a real restart),
-        stay down ``down_s`` seconds, start it again on the same port."""
+        stay down ``down_s`` seconds, start it again on the same port (held meanwhile)."""
         assert self.root is not None and self.running
         self._run("pg_ctl", "stop", "-D", str(self.root / "data"), "-m", "fast", "-w")
         self.running = False
@@ -176,6 +171,9 @@ class Cluster:
                 check=False,
             )
             self.running = False
+        if self._reserved is not None:
+            self._reserved.release()
+            self._reserved = None
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from service.persistence.settings import Settings
 from tests.cli_helpers import BIN
 from tests.conftest import make_settings
-from tests.dispatch_helpers import wait_for
 from tests.net_helpers import http
+from tests.waiting import wait_until
 
 
 def pg_settings(pg_database_url: str, tmp_path: Path) -> Settings:
@@ -43,8 +43,9 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
 def start_serve(
     settings: Settings, port: int, log_path: Path, *, local_workers: int | None = None
 ) -> subprocess.Popen:
-    """``hssl serve`` on ``port``, once it answers /healthz (its own process group, so a
-    SIGKILL of the group takes its trial processes too)."""
+    """``hssl serve`` on ``port`` (a ``ReservedPort`` the caller holds, so a restart gets it
+    again), once it answers /healthz (its own process group, so a SIGKILL of the group takes
+    its trial processes too)."""
     extra = {} if local_workers is None else {"HSSL_LOCAL_WORKERS": str(local_workers)}
     proc = subprocess.Popen(
         [str(BIN / "hssl"), "serve", "--port", str(port)],
@@ -61,7 +62,7 @@ def start_serve(
         except OSError:
             return False
 
-    wait_for(up, timeout=60, what="hssl serve to answer")
+    wait_until(up, 60, "hssl serve to answer")
     return proc
 
 

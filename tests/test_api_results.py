@@ -5,7 +5,6 @@ readiness, metrics and the OpenAPI document."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -162,7 +161,6 @@ def test_events_arrive_live_with_pings_until_the_final_one(submitted):
         return check
 
     reader = threading.Thread(target=read, daemon=True)
-    started = time.monotonic()
     reader.start()
     wait_until(received("event: search.queued"), 15, "the stream to send the queued event")
     wait_until(received(": ping"), 15, "a ping while nothing happens")
@@ -175,7 +173,6 @@ def test_events_arrive_live_with_pings_until_the_final_one(submitted):
     assert not reader.is_alive(), "the stream stayed open after the final event"
     if failed:
         raise failed[0]
-    assert time.monotonic() - started < 15
     kinds = [e.kind for e in parse_sse(iter(lines))]
     assert kinds == ["search.queued", "search.running", "trial.finished", "search.cancelled"]
 

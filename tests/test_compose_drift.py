@@ -29,7 +29,7 @@ import yaml
 from sqlalchemy import make_url
 
 from tests.cli_helpers import BIN
-from tests.net_helpers import free_port, http
+from tests.net_helpers import http
 from tests.search_helpers import TINY_SEARCH
 from tests.waiting import wait_until
 
@@ -194,8 +194,12 @@ class Service:
         )
         return self
 
-    def tail(self) -> str:
+    def logs(self) -> str:
         return f"--- {self.name} log ---\n" + self.log.read_text(errors="replace")[-3000:]
+
+    def assert_running(self) -> None:
+        code = self.proc.poll() if self.proc else None
+        assert code is None, f"{self.name} exited ({code})\n{self.logs()}"
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -208,23 +212,9 @@ class Service:
             self.proc.wait(timeout=10)
 
 
-def wait_alive(check, timeout: float, what: str, *services: Service):
-    """``wait_until`` that fails at once, with the logs, if a service process exits."""
-
-    def alive() -> None:
-        for service in services:
-            code = service.proc.poll() if service.proc else None
-            assert code is None, f"{service.name} exited ({code})\n{service.tail()}"
-
-    def logs() -> str:
-        return "\n".join(s.tail() for s in services)
-
-    return wait_until(check, timeout, what, 0.5, alive=alive, logs=logs)
-
-
 @pytest.mark.slow
 def test_compose_services_run_a_search_as_local_processes(
-    empty_pg_database_url, tmp_path, clean_env
+    empty_pg_database_url, tmp_path, clean_env, reserved_port
 ):
     url = make_url(empty_pg_database_url)
     env = example_env(
@@ -241,11 +231,11 @@ def test_compose_services_run_a_search_as_local_processes(
         Service(name, services[name], volumes, tmp_path) for name in ("migrate", "api", "worker")
     )
 
-    # the API listens on the container port its `ports` entry publishes; locally a free one
+    # the API listens on the container port its `ports` entry publishes; locally a held one
     container_port = str(services["api"]["ports"][0]).rsplit(":", 1)[1]
     at = api.args.index("--port")
     assert api.args[at + 1] == container_port, (api.args, container_port)
-    port = free_port()
+    port = reserved_port
     api.args[at + 1] = str(port)
     api.args[api.args.index("--host") + 1] = "127.0.0.1"  # not 0.0.0.0 on a test machine
     base = f"http://127.0.0.1:{port}"
@@ -268,7 +258,7 @@ def test_compose_services_run_a_search_as_local_processes(
             except (urllib.error.URLError, ConnectionError, OSError):
                 return False
 
-        wait_alive(ready, 60, "the API to be ready", api, worker)
+        wait_until(ready, 60, "the API to be ready", 0.5, watching=(api, worker))
         status, headers, body = http("POST", f"{base}/v1/searches", key, TINY_SEARCH)
         assert status == 202, body
         search = json.loads(body)
@@ -279,8 +269,8 @@ def test_compose_services_run_a_search_as_local_processes(
             resource = json.loads(http("GET", f"{base}/v1/searches/{sid}", key)[2])
             return resource if resource["status"] in FINAL else None
 
-        resource = wait_alive(finished, 180, f"search {sid}", api, worker)
-        assert resource["status"] == "completed", (resource, worker.tail())
+        resource = wait_until(finished, 180, f"search {sid}", 0.5, watching=(api, worker))
+        assert resource["status"] == "completed", (resource, worker.logs())
         status, headers, body = http(
             "GET", f"{base}/v1/searches/{sid}/recommendation?format=yaml", key
         )
@@ -295,5 +285,5 @@ def test_compose_services_run_a_search_as_local_processes(
         (ran_by,) = conn.execute("SELECT worker FROM jobs WHERE search_id = %s", (sid,)).fetchone()
     assert ran_by.startswith("procrastinate:"), ran_by  # the worker ran it, not the API
     # a clean stop on SIGTERM (uvicorn re-raises the signal once it has shut down)
-    assert api.proc.returncode in (0, -signal.SIGTERM), api.tail()
-    assert worker.proc.returncode == 0, worker.tail()
+    assert api.proc.returncode in (0, -signal.SIGTERM), api.logs()
+    assert worker.proc.returncode == 0, worker.logs()

@@ -20,9 +20,9 @@ import yaml
 
 from search.run import run_search
 from tests.cli_helpers import BIN
-from tests.dispatch_helpers import wait_for
-from tests.net_helpers import free_port
+from tests.net_helpers import ReservedPort
 from tests.search_helpers import tiny
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(os.environ.get("HSSL_TEST_ARTIFACTS", ".test-artifacts"))
@@ -38,33 +38,34 @@ def dashboard(tmp_path_factory):
     """A finished tiny search (as `hssl search run` leaves it) served by optuna-dashboard."""
     data = tmp_path_factory.mktemp("dash")
     outcome = run_search(tiny(name="dash-demo"), data, progress=False, isolate=False)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(BIN / "optuna-dashboard"),
-            outcome.storage,
-            "--artifact-dir",
-            str(data / "artifacts"),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    with ReservedPort() as port:  # held until the dashboard has stopped
+        proc = subprocess.Popen(
+            [
+                str(BIN / "optuna-dashboard"),
+                outcome.storage,
+                "--artifact-dir",
+                str(data / "artifacts"),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
+        def up() -> bool:
+            assert proc.poll() is None, f"optuna-dashboard exited with {proc.returncode}"
+            try:
+                return bool(get(f"{base}/api/studies"))
+            except OSError:
+                return False
+
         try:
-            return bool(get(f"{base}/api/studies"))
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, timeout=60, what="optuna-dashboard")
-        yield base, outcome
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+            wait_until(up, timeout=60, what="optuna-dashboard")
+            yield base, outcome
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def study_detail(base: str, name: str) -> tuple[int, dict]:

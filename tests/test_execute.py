@@ -1,19 +1,21 @@
 """execute_search: a stored search runs to its end (trials in child processes), writing
-events, trial rows, ranking and recommendation; a cancel stops it within seconds; a search
-whose every trial fails completes without a recommendation."""
+events, trial rows, ranking and recommendation; a cancel stops the run in flight; a search
+whose every trial fails completes without a recommendation. (How fast a cancel lands is
+CANCEL_POLL_S plus the supervisor's 1 s poll: a design bound, not timed here.)"""
 
 import threading
-import time
 
 import pytest
 
+import search.run as search_run
 from service.jobs.execute import execute_search
-from tests.dispatch_helpers import cancel, events, new_search, search_row, trials, wait_for
+from tests.dispatch_helpers import cancel, events, new_search, search_row, trials
 from tests.search_helpers import tiny
+from tests.waiting import wait_until
 
 
 @pytest.mark.slow
-def test_a_search_runs_to_completed_with_events_trials_and_results(settings):
+def test_a_search_runs_to_completed_with_events_trials_and_results(settings, monkeypatch):
     sid = new_search(settings, tiny(strategy="joint"))
     assert execute_search(settings, sid) == "completed"
 
@@ -38,14 +40,16 @@ def test_a_search_runs_to_completed_with_events_trials_and_results(settings):
     assert steps and steps[-1]["run"] == "joint-s0" and steps[-1]["step"] == steps[-1]["steps"]
     assert steps[-1]["epoch"] == steps[-1]["epochs"] == 1 and steps[-1]["images_per_s"] > 0
 
-    # idempotent: a final search returns at once, writing nothing
-    started = time.monotonic()
+    # idempotent: a final search runs nothing and writes nothing
+    ran: list = []
+    monkeypatch.setattr(search_run, "run_search", lambda *args, **kw: ran.append(args))
     assert execute_search(settings, sid) == "completed"
-    assert time.monotonic() - started < 5 and len(events(settings, sid)) == len(kinds)
+    assert ran == [] and len(events(settings, sid)) == len(kinds)
+    assert search_row(settings, sid).finished_at == search.finished_at
 
 
 @pytest.mark.slow
-def test_a_cancel_requested_while_running_ends_cancelled_within_seconds(
+def test_a_cancel_requested_while_running_ends_cancelled_stopping_the_run_in_flight(
     sqlite_database_url, tmp_path
 ):
     from tests.conftest import make_settings
@@ -56,22 +60,23 @@ def test_a_cancel_requested_while_running_ends_cancelled_within_seconds(
     result = {}
     runner = threading.Thread(target=lambda: result.update(status=execute_search(settings, sid)))
     runner.start()
-    wait_for(
+    wait_until(
         lambda: any(k == "trial.reported" for k, _ in events(settings, sid)),
         timeout=180,
         what="the first epoch report",
     )
     assert cancel(settings, sid) == "cancelling"
-    asked = time.monotonic()
-    runner.join(timeout=60)
-    took = time.monotonic() - asked
+    runner.join(timeout=120)  # a bound for a hang, not a speed check
     assert not runner.is_alive() and result["status"] == "cancelled"
-    assert took < 20, f"cancel took {took:.1f} s"
     search = search_row(settings, sid)
     assert search.status == "cancelled" and search.finished_at is not None
     assert search.finished < search.planned  # it stopped early
     kinds = [k for k, _ in events(settings, sid)]
     assert "search.cancelling" in kinds and kinds[-1] == "search.cancelled"
+    after = kinds[kinds.index("search.cancelling") :]
+    assert "trial.started" not in after  # nothing new began once the cancel was asked
+    epochs = [d["epoch"] for k, d in events(settings, sid) if k == "trial.reported"]
+    assert max(epochs) < 200  # the run in flight was stopped, not trained to its end
 
 
 @pytest.mark.slow

@@ -28,10 +28,10 @@ from tests.dispatch_helpers import (
     run_rows,
     search_row,
     trials,
-    wait_for,
 )
 from tests.process_helpers import alive, pg_settings, start_worker, trial_processes
 from tests.search_helpers import tiny
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 FINAL = ("completed", "failed", "cancelled")
@@ -106,7 +106,7 @@ def test_a_search_spread_over_two_workers_runs_each_run_once_with_one_ranking(tw
     settings, procs, dispatcher, log_path = two_workers
     sid = new_search(settings, tiny(strategy="independent", budget={"seeds": 2}))
     dispatcher.submitted(sid, settings.queue)
-    status = wait_for(lambda: final_status(settings, sid), timeout=600, what=str(log_path))
+    status = wait_until(lambda: final_status(settings, sid), timeout=600, what=str(log_path))
     assert status == "completed", log_path.read_text()[-3000:]
     assert_once(settings, sid, seeds=2)
     shards = job_rows(settings, sid)
@@ -121,17 +121,17 @@ def test_cancel_reaches_the_runs_of_every_worker(two_workers):
     settings, procs, dispatcher, _log_path = two_workers
     sid = new_search(settings, tiny(strategy="independent", budget={"epochs": 40}))
     dispatcher.submitted(sid, settings.queue)
-    wait_for(lambda: len(running_jobs(settings, sid)) == 2, 240, what="two runs at once")
-    wait_for(lambda: reports(settings, sid) >= 2, 240, what="both runs training")
+    wait_until(lambda: len(running_jobs(settings, sid)) == 2, 240, what="two runs at once")
+    wait_until(lambda: reports(settings, sid) >= 2, 240, what="both runs training")
     trials_now = trial_processes(procs[0].pid) + trial_processes(procs[1].pid)
     assert len(trials_now) == 2, trials_now
     row = search_row(settings, sid)
     status = reads.search_status(engine_of(settings), row.tenant_id, sid)
     assert (status.running, status.planned) == (2, len(HEADS))  # what GET /v1/searches/{id} says
     cancel(settings, sid)
-    status = wait_for(lambda: final_status(settings, sid), timeout=60, what="the cancel")
+    status = wait_until(lambda: final_status(settings, sid), timeout=60, what="the cancel")
     assert status == "cancelled"
-    wait_for(lambda: not any(alive(p) for p in trials_now), 15, what="trials to stop")
+    wait_until(lambda: not any(alive(p) for p in trials_now), 15, what="trials to stop")
     kinds = [k for k, _ in events(settings, sid)]
     assert kinds.count("search.cancelled") == 1
 
@@ -142,7 +142,7 @@ def test_a_worker_killed_mid_run_loses_only_its_run(two_workers):
     dispatcher.submitted(sid, settings.queue)
     # both runs training (each reported an epoch), so the victim's run has a RUNNING trial; a
     # shard killed between its claim and its trial would leave nothing to reconcile
-    wait_for(lambda: training_now(settings, sid) == 2, 240, what="two runs training at once")
+    wait_until(lambda: training_now(settings, sid) == 2, 240, what="two runs training at once")
     victim, survivor = procs
     killed_job = next(  # the victim's shard running now (it may have finished others before)
         j
@@ -156,7 +156,7 @@ def test_a_worker_killed_mid_run_loses_only_its_run(two_workers):
     )
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
-    status = wait_for(lambda: final_status(settings, sid), timeout=600, what=str(log_path))
+    status = wait_until(lambda: final_status(settings, sid), timeout=600, what=str(log_path))
     assert status == "completed", log_path.read_text()[-3000:]
     assert survivor.poll() is None, "the other worker carried on"
     failed = [t for t in trials(settings, sid) if t.state == "FAIL"]
@@ -174,7 +174,7 @@ def test_slots_of_one_embedded_dispatcher_run_a_search_side_by_side(
     dispatcher.start()
     try:
         dispatcher.submitted(sid, settings.queue)
-        status = wait_for(lambda: final_status(settings, sid), timeout=600, what="the search")
+        status = wait_until(lambda: final_status(settings, sid), timeout=600, what="the search")
     finally:
         dispatcher.stop()
     assert status == "completed"

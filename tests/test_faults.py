@@ -21,11 +21,11 @@ from service.jobs.tasks import ProcrastinateDispatcher
 from service.persistence.db import engine_of
 from service.persistence.migrate import migrate
 from service.persistence.settings import Settings
-from tests.dispatch_helpers import events, new_search, search_row, tenant_key, trials, wait_for
-from tests.net_helpers import free_port
+from tests.dispatch_helpers import events, new_search, search_row, tenant_key, trials
 from tests.pg import Cluster
 from tests.process_helpers import alive, children, pg_settings, start_serve, start_worker
 from tests.search_helpers import TINY_SEARCH, tiny
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 FINAL = ("completed", "failed", "cancelled")
@@ -74,20 +74,20 @@ def test_a_worker_killed_mid_trial_is_retried_and_each_run_counts_once(
     dispatcher.start()
     try:
         dispatcher.submitted(sid, settings.queue)
-        wait_for(lambda: reports(settings, sid), timeout=180, what="a first epoch report")
+        wait_until(lambda: reports(settings, sid), timeout=180, what="a first epoch report")
         trial_processes = children(first.pid)
         assert trial_processes, "the worker runs its trial in a child process"
 
         os.kill(first.pid, signal.SIGKILL)  # the worker only: its trial must not outlive it
         first.wait(timeout=30)
-        wait_for(
+        wait_until(
             lambda: not any(alive(pid) for pid in trial_processes),
             timeout=15,
             what="the orphaned trial process to die with its worker",
         )
 
         second = start_worker(settings, log_path)  # its maintenance retries the stalled job
-        status = wait_for(
+        status = wait_until(
             lambda: final_status(settings, sid), timeout=360, what=f"the retry ({log_path})"
         )
     finally:
@@ -125,11 +125,11 @@ def _follow(url: str, key: str, last_id: int | None, got: list, stop_after: thre
 
 
 def test_an_api_restart_loses_nothing_and_sse_clients_resume_with_last_event_id(
-    pg_database_url, tmp_path, clean_env
+    pg_database_url, tmp_path, clean_env, reserved_port
 ):
     settings = pg_settings(pg_database_url, tmp_path)
     key = tenant_key(settings)
-    port, log_path = free_port(), tmp_path / "api.log"
+    port, log_path = reserved_port, tmp_path / "api.log"  # held: the restart gets it again
     base = f"http://127.0.0.1:{port}"
     api = start_serve(settings, port, log_path, local_workers=0)
     worker = start_worker(settings, tmp_path / "worker.log")
@@ -158,7 +158,7 @@ def test_an_api_restart_loses_nothing_and_sse_clients_resume_with_last_event_id(
 
         api = start_serve(settings, port, log_path, local_workers=0)
         assert _follow(url, key, got[-1].id, got, threading.Event()) == "final"
-        status = wait_for(lambda: final_status(settings, sid), timeout=60, what="final status")
+        status = wait_until(lambda: final_status(settings, sid), timeout=60, what="final status")
     finally:
         stop(api)
         stop(worker)
@@ -171,7 +171,9 @@ def test_an_api_restart_loses_nothing_and_sse_clients_resume_with_last_event_id(
     assert_each_run_counted_once(settings, sid)
 
 
-def test_a_postgresql_restart_mid_search_is_ridden_out_by_api_and_worker(tmp_path, clean_env):
+def test_a_postgresql_restart_mid_search_is_ridden_out_by_api_and_worker(
+    tmp_path, clean_env, reserved_port
+):
     cluster = Cluster().start()  # our own server: the session's shared one must not restart
     settings = pg_settings(cluster.url(cluster.create_database()), tmp_path)
     api = worker = None
@@ -180,9 +182,8 @@ def test_a_postgresql_restart_mid_search_is_ridden_out_by_api_and_worker(tmp_pat
         key = tenant_key(settings, max_concurrent=4)
         engine_of(settings).dispose()
         headers = {"Authorization": f"Bearer {key}"}
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        api = start_serve(settings, port, tmp_path / "api.log", local_workers=0)
+        base = f"http://127.0.0.1:{reserved_port}"
+        api = start_serve(settings, reserved_port, tmp_path / "api.log", local_workers=0)
         worker = start_worker(settings, tmp_path / "worker.log")
         body = {
             **TINY_SEARCH,
@@ -205,11 +206,13 @@ def test_a_postgresql_restart_mid_search_is_ridden_out_by_api_and_worker(tmp_pat
             return answer.json()["status"]
 
         sid = submit(0)
-        wait_for(lambda: reports(settings, sid), timeout=180, what="a first epoch report")
+        wait_until(lambda: reports(settings, sid), timeout=180, what="a first epoch report")
         engine_of(settings).dispose()  # the test's own pool must not hold dead connections
         cluster.restart(down_s=8)  # longer than a trial: a result meets the outage
 
-        done = wait_for(lambda: status_of(sid) in FINAL and status_of(sid), timeout=300)
+        done = wait_until(
+            lambda: status_of(sid) in FINAL and status_of(sid), 300, f"search {sid} to end"
+        )
         assert done == "completed", (tmp_path / "worker.log").read_text()[-3000:]
         assert api.poll() is None and worker.poll() is None  # neither process gave up
         assert httpx.get(f"{base}/readyz").status_code == 200
@@ -221,7 +224,9 @@ def test_a_postgresql_restart_mid_search_is_ridden_out_by_api_and_worker(tmp_pat
         assert len(epochs) == len(LABELS) and all({1, 2, 3, 4} <= e for e in epochs.values())
 
         after = submit(1)  # the worker still takes new work after the restart
-        again = wait_for(lambda: status_of(after) in FINAL and status_of(after), timeout=300)
+        again = wait_until(
+            lambda: status_of(after) in FINAL and status_of(after), 300, f"search {after} to end"
+        )
         assert again == "completed", (tmp_path / "worker.log").read_text()[-3000:]
     finally:
         for proc in (api, worker):

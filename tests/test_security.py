@@ -28,9 +28,10 @@ from service.persistence import store
 from service.persistence.db import session_scope
 from tests.cli_helpers import BIN
 from tests.conftest import make_settings
-from tests.dispatch_helpers import events, new_search, search_row, wait_for
-from tests.net_helpers import free_port
+from tests.dispatch_helpers import events, new_search, search_row
+from tests.net_helpers import ReservedPort
 from tests.search_helpers import TINY_SEARCH, tiny
+from tests.waiting import wait_until
 from training.data import iterate_batches, open_dataset
 from training.errors import DataError
 
@@ -73,7 +74,7 @@ def served(database_url: str, tmp_path: Path, name: str, local_workers: int) -> 
     once the block ends and the server has stopped, the whole log under "text"."""
     root = tmp_path / "root"
     (root / "images" / "cat").mkdir(parents=True, exist_ok=True)
-    port, log_path = free_port(), tmp_path / f"{name}.log"
+    log_path = tmp_path / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HSSL_")}
     env.update(
         HSSL_DATABASE_URL=database_url,
@@ -81,7 +82,7 @@ def served(database_url: str, tmp_path: Path, name: str, local_workers: int) -> 
         HSSL_DATA_ROOT=str(root),
         HSSL_LOCAL_WORKERS=str(local_workers),
     )
-    with log_path.open("w") as log:
+    with ReservedPort() as port, log_path.open("w") as log:
         proc = subprocess.Popen(
             [str(BIN / "hssl"), "serve", "--port", str(port)],
             env=env,
@@ -89,26 +90,26 @@ def served(database_url: str, tmp_path: Path, name: str, local_workers: int) -> 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = {"url": f"http://127.0.0.1:{port}", "log": log_path}
+        server = {"url": f"http://127.0.0.1:{port}", "log": log_path}
 
-    def up() -> bool:
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        try:
-            return httpx.get(f"{server['url']}/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
+        def up() -> bool:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                return httpx.get(f"{server['url']}/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
 
-    try:
-        wait_for(up, timeout=120, every=0.2, what=f"hssl serve ({name}) to answer")
-        yield server
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        server["text"] = log_path.read_text(errors="replace")
+            wait_until(up, timeout=120, every=0.2, what=f"hssl serve ({name}) to answer")
+            yield server
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+    server["text"] = log_path.read_text(errors="replace")
 
 
 class Recorder:
@@ -211,12 +212,13 @@ def test_no_key_or_password_in_any_answer_or_log_of_a_working_server(pg_database
 
 @pytest.mark.slow
 def test_no_key_or_password_in_answers_or_logs_when_the_database_fails(
-    empty_pg_database_url, tmp_path
+    empty_pg_database_url, tmp_path, reserved_port
 ):
     """A database that does not answer (503s) and one that is not migrated (the 500 path,
     its traceback logged): the errors logged and answered name neither secret."""
     key = f"hssl_{uuid.uuid4().hex[:8]}_{'s3cr3t' * 7}"
-    down = with_password(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere")
+    # a port held and never listened on: every connection to it is refused
+    down = with_password(f"postgresql+psycopg://postgres@127.0.0.1:{reserved_port}/nowhere")
     cases = {"down": (down, 1), "unmigrated": (with_password(empty_pg_database_url), 0)}
     for name, (url, local_workers) in cases.items():
         with served(url, tmp_path, name, local_workers) as server:
