@@ -34,9 +34,10 @@ def serve(
 ) -> None:
     """Run the HTTP API and, by default, the embedded dispatcher in this process.
 
-    The dispatcher is the LocalDispatcher (threads running searches, trials in child
-    processes) unless the database is PostgreSQL and HSSL_LOCAL_WORKERS=0: then searches are
-    deferred to `hssl worker` processes.
+    The dispatcher is the LocalDispatcher (threads claiming jobs, each search run in a child
+    process that stores its ranking and recommendation, so this process never loads torch)
+    unless the database is PostgreSQL and HSSL_LOCAL_WORKERS=0: then searches are deferred to
+    `hssl worker` processes.
     """
     from service.http.app import create_app
     from service.jobs.dispatcher import make_dispatcher

@@ -4,8 +4,8 @@ The API calls ``dispatcher.submitted(search_id, queue, shard)`` after the transa
 created the search (or one more shard of it) and its ``jobs`` row commits; ``start()`` and
 ``stop()`` follow the server's life. Two implementations, told apart by the settings:
 
-- :class:`service.jobs.local.LocalDispatcher`: threads of this process claim job rows (the
-  embedded default, and PostgreSQL with ``HSSL_LOCAL_WORKERS`` > 0);
+- :class:`service.jobs.local.LocalDispatcher`: threads of this process claim job rows and run
+  each in a child process (the embedded default, and PostgreSQL with ``HSSL_LOCAL_WORKERS`` > 0);
 - :class:`service.jobs.tasks.ProcrastinateDispatcher`: defers procrastinate tasks that
   ``hssl worker`` processes run (PostgreSQL, ``HSSL_LOCAL_WORKERS=0``).
 """

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Engine
 
-from search.plain import plain_json
+from search.jsonable import plain_json
 from service.jobs.shards import Announce, ShardClaims, ShardJob, fan_out, is_last_shard
 from service.persistence import store
 from service.persistence.db import engine_of, retrying, session_scope
@@ -193,10 +193,13 @@ def execute_search(
     except Exception as exc:
         log.exception("search %s failed", sid)
         public = getattr(exc, "public", None)  # a DataError: the client's terms, no server path
-        return _fail(engine, sid, one_line(exc) if public is None else one_line(DataError(public)))
+        return fail_search(
+            engine, sid, one_line(exc) if public is None else one_line(DataError(public))
+        )
 
 
-def _fail(engine: Engine, sid: uuid.UUID, error: str) -> str:
+def fail_search(engine: Engine, sid: uuid.UUID, error: str) -> str:
+    """Fail the search with ``error`` unless it is final already; its status. Never raises."""
     try:
         with session_scope(engine) as s:
             search = s.get(Search, sid, with_for_update=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.jobs.execute import Flag, execute_search, one_line
@@ -21,6 +22,8 @@ from service.persistence.settings import Settings
 from service.statuses import JobStatus, Outcome
 
 log = logging.getLogger(__name__)
+
+Execute = Callable[..., str]  # execute_search's signature (service.jobs.child: in a child)
 
 
 class AnyOf:
@@ -81,11 +84,13 @@ def run_held_job(
     interrupt: Flag | None,
     announce: Announce | None,
     memory_limit_mb: int | None,
+    execute: Execute = execute_search,
 ) -> str:
-    """Execute the job's shard with a heartbeat, then record how it ended; the outcome."""
+    """Execute the job's shard with a heartbeat (``execute``: in this process by default),
+    then record how it ended; the outcome."""
     beat = Heartbeat(settings, job.id, job.worker)
     try:
-        outcome = execute_search(
+        outcome = execute(
             settings,
             job.search_id,
             interrupt=AnyOf(interrupt, beat.lost),

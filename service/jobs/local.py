@@ -1,6 +1,8 @@
 """The embedded dispatcher: ``slots`` threads of this process claim shard jobs from our ``jobs``
 table (``service.persistence.queue``) and run them through the one job lifecycle
-(``service.jobs.lifecycle``).
+(``service.jobs.lifecycle``), each search shard in a spawned child process
+(``service.jobs.child``): the process that dispatches (``hssl serve``: the API's) never imports
+torch, timm or matplotlib, and the child stores the ranking, plot and recommendation.
 
 It serves the embedded default (SQLite) and PostgreSQL with ``HSSL_LOCAL_WORKERS`` > 0. At start
 it reconciles jobs an earlier ``hssl serve`` on this host left running; every ``heartbeat_s`` it
@@ -16,9 +18,11 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from service.jobs import slots
+from service.jobs.child import execute_in_child
 from service.jobs.execute import one_line
 from service.jobs.lifecycle import HeldJob, record_outcome, run_held_job
 from service.persistence import queue as jobs
@@ -27,6 +31,8 @@ from service.persistence.settings import Settings
 from service.statuses import Outcome
 
 log = logging.getLogger(__name__)
+
+MEASURE_TIMEOUT_S = 300.0  # for the GPU's memory (a spawned process imports torch first)
 
 
 @dataclass
@@ -61,7 +67,7 @@ class LocalDispatcher:
         self._lock = threading.Lock()
         self._running: dict[int, _Running] = {}
         self._threads: list[threading.Thread] = []
-        self.memory_limit_mb: int | None = None
+        self._memory: Future[int | None] | None = None
 
     # ---- the interface ------------------------------------------------------------------
     def submitted(self, search_id: uuid.UUID, queue: str, shard: int = 0) -> None:
@@ -73,7 +79,9 @@ class LocalDispatcher:
             if self._threads:
                 return
             self._stopping.clear()
-            self.memory_limit_mb = slots.configure(self.slots, self.settings.warm_pool)
+            threads = slots.prepare(self.slots, self.settings.warm_pool)
+            log.info("%d slot(s): at most %s threads per trial", self.slots, threads)
+            self._memory = slots.memory_share(self.slots)  # measured in a child, meanwhile
             self.reconcile()
             for slot in range(self.slots):
                 self._spawn(self._slot_loop, f"hssl-slot-{slot}", slot)
@@ -153,11 +161,23 @@ class LocalDispatcher:
                 held,
                 interrupt=run.interrupt,
                 announce=lambda added: self.submitted(job.search_id, job.queue),
-                memory_limit_mb=self.memory_limit_mb,
+                memory_limit_mb=self.memory_limit_mb(),
+                execute=execute_in_child,
             )
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
+
+    def memory_limit_mb(self) -> int | None:
+        """Each trial's share of the GPU memory (MiB; None: one slot, or no CUDA)."""
+        if self._memory is None:
+            return None
+        try:
+            return self._memory.result(timeout=MEASURE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("could not read the GPU's memory; trials are not capped: %s", one_line(exc))
+            self._memory = None
+            return None
 
     def _sweep_loop(self) -> None:
         engine = engine_of(self.settings)

@@ -16,7 +16,9 @@ hosts, against one PostgreSQL (see the README).
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
+from concurrent.futures import Future, ProcessPoolExecutor
 
 from training.runtime.threads import CAP_VAR, apply_thread_policy
 
@@ -38,13 +40,34 @@ def slot_memory_mb(slots: int) -> int | None:
     return int(total / 2**20 / slots)
 
 
-def configure(slots: int, warm_pool: bool = True) -> int | None:
-    """Threads and memory for ``slots`` slots, and the warm pool of trial processes
-    (``search.runner``: the next run's process imports torch while this one trains);
-    returns the per-trial memory cap (MiB) or None."""
+def memory_share(slots: int) -> Future[int | None]:
+    """``slot_memory_mb(slots)`` measured in a spawned process that exits once it answers, so
+    the caller (``hssl serve``: the API's process) neither imports torch nor holds a CUDA
+    context; answered at once for one slot."""
+    if slots <= 1:
+        done: Future[int | None] = Future()
+        done.set_result(None)
+        return done
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+    try:
+        return pool.submit(slot_memory_mb, slots)
+    finally:
+        pool.shutdown(wait=False)  # the submitted call still runs; then the process exits
+
+
+def prepare(slots: int, warm_pool: bool = True) -> str | None:
+    """The environment the trial processes of ``slots`` slots inherit: their thread count and
+    the warm pool of trial processes (``search.trial_process``: the next run's process imports torch
+    while this one trains); returns the thread cap."""
     if warm_pool:
         os.environ.setdefault("HSSL_WARM_POOL", "1")
-    threads = apply_thread_policy(slots=slots).get(CAP_VAR)
+    return apply_thread_policy(slots=slots).get(CAP_VAR)
+
+
+def configure(slots: int, warm_pool: bool = True) -> int | None:
+    """``prepare`` and the memory share of ``slots`` slots, measured here (a worker process,
+    which imports torch anyway); returns the per-trial memory cap (MiB) or None."""
+    threads = prepare(slots, warm_pool)
     memory = slot_memory_mb(slots)
     log.info("%d slot(s): at most %s threads, %s MiB GPU memory per trial", slots, threads, memory)
     return memory
