@@ -27,7 +27,7 @@ import json, random, statistics, sys, time
 import torch
 sys.path.insert(0, "bench")
 from train_throughput import ProductionStep
-from training.config import BaseSpec, HeadSpec
+from training.specs import BaseSpec, HeadSpec
 from training.data import iterate_batches
 from training.recipe import TrialConfig
 from training.loop.session import build_session

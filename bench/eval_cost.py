@@ -24,13 +24,13 @@ import time
 
 import torch
 
-from training.config import BaseSpec, HeadSpec
 from training.evaluation.estimators import estimator_metrics
 from training.evaluation.evaluate import embed_set
 from training.loop.session import build_session
 from training.loop.session_eval import evaluate_session
 from training.loop.train import train_one_epoch
 from training.recipe import TrialConfig
+from training.specs import BaseSpec, HeadSpec
 
 
 def study_config(heldout_images: int | None, interim: int | None) -> TrialConfig:

@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from flops import flop_counter
 
-from training.config import BaseSpec, HeadSpec
 from training.loop.session import Session, build_session
 from training.loop.train import train_step
 from training.objective.masking import sample_masks
 from training.recipe import TrialConfig
+from training.specs import BaseSpec, HeadSpec
 
 # Peak dense bf16 tensor FLOP/s (no sparsity), matched on torch.cuda.get_device_name();
 # first match wins, so the specific names come before the generic "H100".

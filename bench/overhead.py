@@ -1,4 +1,4 @@
-"""Per-run overhead of ``search.runner.run_trial_isolated``, cold vs warm pool; one JSON line.
+"""Per-run overhead of ``search.trial_process.run_trial_isolated``, cold vs warm pool (JSON).
 
 overhead = wall time of ``run_trial_isolated`` minus the child's own ``TrialResult.wall_time_s``
 (``run_trial`` from its start: building the data and model, training, evaluating): the cost of
@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 
-from search import runner
-from training.config import BaseSpec, HeadSpec
+from search import trial_process
 from training.recipe import TrialConfig
+from training.specs import BaseSpec, HeadSpec
 
 
 def tiny(data_limit: int, seed: int) -> TrialConfig:
@@ -71,12 +71,12 @@ def measure(mode: str, runs: int, data_limit: int) -> dict:
         first = None
         for i in range(runs + (1 if warm else 0)):
             if mode == "warm_ready":
-                runner.prestart(wait=True, timeout=300)
+                trial_process.prestart(wait=True, timeout=300)
             started = time.monotonic()
-            result = runner.run_trial_isolated(tiny(data_limit, i), warm=warm)
+            result = trial_process.run_trial_isolated(tiny(data_limit, i), warm=warm)
             wall = time.monotonic() - started
             assert result.status == "completed", result.reason
-            info = runner.last_child()
+            info = trial_process.last_child()
             if warm and i == 0:
                 first = round(wall - result.wall_time_s, 3)
                 continue
@@ -96,7 +96,7 @@ def measure(mode: str, runs: int, data_limit: int) -> dict:
         )
         if first is not None:
             out["first_s"] = first
-        runner.shutdown_pool()
+        trial_process.shutdown_pool()
 
     thread = threading.Thread(target=slot, name=f"slot-{mode}")
     thread.start()

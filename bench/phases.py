@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from training.config import BaseSpec, HeadSpec
 from training.loop.train import run_trial
 from training.recipe import TrialConfig
 from training.runtime import runlog
+from training.specs import BaseSpec, HeadSpec
 
 
 def main() -> None:

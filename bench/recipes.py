@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.plain import plain_json  # noqa: E402
+from search.jsonable import plain_json  # noqa: E402
 from training.loop.train import run_trial  # noqa: E402
 from training.recipe import TrialConfig  # noqa: E402
 

@@ -2,10 +2,10 @@
 
 (a) ``orchestration``: one independent search of 32 runs (8 heads x 4 seeds) on a real
     PostgreSQL, run by 1, 2, 4 and 8 ``hssl worker --slots 1`` processes. Each run is the
-    bench-only sleeping stand-in (``search.bench_trial``, ``--sleep`` seconds): it measures our
-    orchestration (shards, claims, ask/tell, events, the final ranking), not this machine's two
-    cores. Runs per hour from the first claim to the search's end; ``speedup`` vs 1 worker,
-    target >= 0.9 N.
+    bench-only sleeping stand-in (``bench/sleeping_worker.py``, ``--sleep`` seconds): it
+    measures our orchestration (shards, claims, ask/tell, events, the final ranking), not this
+    machine's two cores. Runs per hour from the first claim to the search's end; ``speedup``
+    vs 1 worker, target >= 0.9 N.
 (b) ``slots``: real tiny HSSL runs (trial processes, one thread each) through the embedded
     dispatcher on SQLite, 1 slot vs 2 slots on this 2-core machine; target >= 1.7x.
 (c) ``overhead``: bench/overhead.py (per-run overhead of the trial process, cold vs warm pool).
@@ -43,7 +43,7 @@ from service.persistence.settings import Settings  # noqa: E402
 from tests.dispatch_helpers import new_search, search_row  # noqa: E402
 from tests.pg import Cluster  # noqa: E402
 
-HSSL = Path(sys.executable).parent / "hssl"
+SLEEPING_WORKER = ROOT / "bench" / "sleeping_worker.py"  # `hssl` whose trials sleep
 HEADS = [
     "convnext:depth=1,kernel=3",
     "convnext:depth=1,kernel=5",
@@ -148,12 +148,14 @@ def orchestration(workers: list[int], sleep_s: float) -> dict:
                 "HSSL_DATA_DIR": str(data_dir),
                 "HSSL_LOCAL_WORKERS": "0",
                 "HSSL_WARM_POOL": "0",
-                "HSSL_BENCH_SLEEP_TRIAL_S": str(sleep_s),
             }
             log = (data_dir / "workers.log").open("a")
             procs = [
                 subprocess.Popen(
-                    [str(HSSL), "worker", "--slots", "1"], env=env, stdout=log, stderr=log
+                    [sys.executable, str(SLEEPING_WORKER), str(sleep_s), "worker", "--slots", "1"],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
                 )
                 for _ in range(n)
             ]

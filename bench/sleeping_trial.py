@@ -2,32 +2,30 @@
 
 ``bench/scaling.py`` measures our orchestration (claims, shards, ask/tell, database writes)
 across many worker processes on a 2-core machine; real training there would measure the
-cores instead. With ``HSSL_BENCH_SLEEP_TRIAL_S`` set (never in production), ``search.run``
-runs every trial with ``run_trial_sleeping``: it reports one epoch, sleeps that long (polling
+cores instead. ``bench/sleeping_worker.py`` passes ``sleeping_runner(seconds)`` to
+``search.run.use_trial_runner``: every trial reports one epoch, sleeps that long (polling
 cancel) and returns a completed result whose metrics are a stable function of the head and
 seed, so the ranking has something to order. Nothing here touches torch.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from training.recipe import TrialConfig, TrialResult
 
-ENV = "HSSL_BENCH_SLEEP_TRIAL_S"
-
-
-def sleep_seconds() -> float | None:
-    value = os.environ.get(ENV)
-    return float(value) if value else None
-
 
 def _score(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def sleeping_runner(seconds: float) -> Callable[..., TrialResult]:
+    """A trial runner that sleeps ``seconds`` per trial."""
+    return functools.partial(run_trial_sleeping, seconds=seconds)
 
 
 def run_trial_sleeping(
@@ -39,9 +37,10 @@ def run_trial_sleeping(
     should_cancel: Callable[[], bool] | None = None,
     memory_limit_mb: int | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    seconds: float = 1.0,
 ) -> TrialResult:
     started = time.monotonic()
-    duration = sleep_seconds() or 1.0
+    duration = seconds
     labels = [h.label() for h in config.heads]
     metrics: dict[str, Any] = {
         "knn_cls": _score(f"knn{config.seed}{labels}"),

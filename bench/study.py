@@ -47,7 +47,7 @@ from study_analysis import (  # bench/ is on the path: this file runs as a scrip
     simulate_stop,
 )
 
-from search.plain import plain_json
+from search.jsonable import plain_json
 from search.plot import plot_search
 from search.ranking import HeadSummary, correlations, rank, summarize
 from search.records import records

@@ -26,8 +26,8 @@ from study_v2_analysis import (  # bench/ is on the path: these run as scripts
     usable,
 )
 
-from search.plain import plain_json
-from search.spec import SearchSpec, planned_runs
+from search.jsonable import plain_json
+from search.spec import SearchSpec, planned_trials
 from search.storage import close_study, make_storage, sqlite_url
 from training.metrics import display
 
@@ -375,7 +375,8 @@ def write_report(specs: dict[str, SearchSpec], work: Path, out: Path) -> dict[st
         finally:
             close_study(study)
     planned = {
-        p: planned_runs(s) + (len(s.seeds()) if s.include_baseline else 0) for p, s in specs.items()
+        p: planned_trials(s) + (len(s.seeds()) if s.include_baseline else 0)
+        for p, s in specs.items()
     }
     status = {
         "parts": {p: {"done": len(runs[p]), "planned": planned[p]} for p in specs},

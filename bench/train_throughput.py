@@ -47,12 +47,12 @@ import torch
 import torch.nn.functional as F
 from flops import flop_counter
 
-from training.config import BaseSpec, HeadSpec
 from training.data import iterate_batches
 from training.loop.session import Session, build_session
 from training.loop.train import train_step
 from training.objective.masking import sample_masks
 from training.recipe import TrialConfig
+from training.specs import BaseSpec, HeadSpec
 
 TARGETS = {
     "hssl_vs_handwritten": (">=", 0.9),

@@ -18,7 +18,7 @@ import optuna
 import yaml
 
 from search.calibrate import STRATEGY, probe_of
-from search.plain import plain_json
+from search.jsonable import plain_json
 from search.provenance import data_fingerprint
 from search.recommendation import write_recommendation
 from search.spec import SearchSpec

@@ -1,9 +1,10 @@
 """Claims on a search's runs, so several processes (shards) can share one search.
 
 A *unit* is one run a strategy may start: a baseline seed, a joint seed, a (candidate, seed)
-of the independent strategy, one trial slot of the optuna strategy. A strategy claims a unit
-before it runs it and marks it done after; whether the unit's result is already in the study
-is still read from the study (so a resumed search skips what is finished either way).
+of the independent strategy, one draw (the n-th sampled trial) of the optuna strategy. A
+strategy claims a unit before it runs it and marks it done after; whether the unit's result
+is already in the study is still read from the study (so a resumed search skips what is
+finished either way).
 
 - ``SoloClaims``: one process runs the search (``hssl search run``): every claim succeeds.
 - The service's claims (``service.jobs.shards``) keep one row per unit in its database, owned by a
@@ -21,7 +22,7 @@ class Claims(Protocol):
 
     def claim(self, unit: str, weight: int = 1) -> bool:
         """True: the caller runs ``unit`` now. False: it is done, or another process runs
-        it. ``weight`` is how many planned runs the unit covers (progress)."""
+        it. ``weight`` is how many planned trials the unit covers (progress)."""
 
     def done(self, unit: str) -> None:
         """The claimed unit finished (its result is in the study)."""
@@ -49,5 +50,5 @@ def independent_unit(label: str, seed: int) -> str:
     return f"independent:{label}:s{seed}"
 
 
-def optuna_unit(slot: int) -> str:
-    return f"optuna:{slot}"
+def optuna_unit(draw: int) -> str:
+    return f"optuna:{draw}"

@@ -17,12 +17,12 @@ from optuna.trial import TrialState
 from search.claims import Claims, SoloClaims
 from search.objectives import METRIC_OF
 from search.records import result_attrs
-from search.runner import Report
 from search.spec import SearchSpec
 from search.storage import directions, reconcile_unit
-from training.config import HeadSpec
+from search.trial_process import Report
 from training.metrics import keys as metric_keys
 from training.recipe import TrialConfig, TrialResult
+from training.specs import HeadSpec
 
 Runner = Callable[..., TrialResult]
 # what an epoch's trial.reported event carries: the probes and the per-head label-free metrics

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from search.jsonable import plain_json
 from search.objectives import direction_of, metric_of
-from search.plain import plain_json
 from search.records import METRICS, PIXELS, PROBES, TrialRecord
 from search.stats import average_ranks, bootstrap_ci, mean_sd, spearman
 from search.storage import INTERRUPTED
-from training.config import HeadSpec
 from training.metrics import keys
 from training.metrics import metrics as declared
+from training.specs import HeadSpec
 
 ACCURACIES = PROBES
 INIT_DISCREPANCIES = (*keys(kind="label_free"), "h_target")  # the pre-screen reads these

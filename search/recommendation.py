@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 
 from search.spec import SearchSpec
-from training.config import HeadSpec
 from training.errors import HSSLError
 from training.recipe import TrialConfig
+from training.specs import HeadSpec
 
 SCHEMA = "hssl-search/recommendation/v1"
 

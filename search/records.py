@@ -8,9 +8,9 @@ from typing import Any
 
 import optuna
 
-from training.config import HeadSpec
 from training.metrics import REGISTRY, keys
 from training.recipe import TrialResult
+from training.specs import HeadSpec
 
 # what one head (or the baseline's [CLS] target) has of its own in a run's metrics
 HEAD_KEYS = keys(scope="head")

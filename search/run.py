@@ -14,7 +14,6 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
-from search.bench_trial import run_trial_sleeping, sleep_seconds
 from search.claims import Claims, SoloClaims
 from search.context import SearchContext
 from search.dashboard import metric_names, publish
@@ -25,9 +24,8 @@ from search.provenance import data_fingerprint, versions
 from search.ranking import correlations, pareto_front, rank, ranking_json, ranking_table, summarize
 from search.recommendation import build_recommendation, write_recommendation
 from search.records import baseline_records, records
-from search.runner import run_trial_inline, run_trial_isolated
 from search.sampling import pruner_settings, sampler_settings
-from search.spec import SearchSpec, planned_runs
+from search.spec import SearchSpec, planned_trials
 from search.storage import (
     close_study,
     directions,
@@ -39,6 +37,7 @@ from search.storage import (
 )
 from search.strategies.common import prescreen, run_baseline
 from search.strategy import stage_line, strategy_of
+from search.trial_process import run_trial_inline, run_trial_isolated
 from training.data.datasets import resolve_source
 from training.errors import HSSLError
 
@@ -159,9 +158,9 @@ def run_search(
 
 
 def _progress_bar(spec: SearchSpec, study: optuna.Study, progress: bool) -> tqdm:
-    """The search's bar: planned runs, with those the study already finished counted."""
+    """The search's bar: planned trials, with those the study already finished counted."""
     bar = tqdm(
-        total=planned_runs(spec), disable=not progress, desc=study.study_name, dynamic_ncols=True
+        total=planned_trials(spec), disable=not progress, desc=study.study_name, dynamic_ncols=True
     )
     bar.update(sum(1 for t in study.trials if t.state.is_finished()))
     return bar
@@ -186,11 +185,22 @@ def _emitter(
     return emit
 
 
+_stand_in: Callable[..., Any] | None = None  # use_trial_runner's
+
+
+def use_trial_runner(runner: Callable[..., Any] | None) -> None:
+    """Run every trial of this process's searches with ``runner`` (``run_trial_isolated``'s
+    signature) instead of training; ``None`` trains again. For benches and tests that measure
+    what surrounds the runs (``bench/sleeping_worker.py``): the caller passes its stand-in in,
+    nothing in production reads a switch for it."""
+    global _stand_in
+    _stand_in = runner
+
+
 def runner_for(isolate: bool):
-    """Child process per trial (``isolate``) or inline; the bench's sleeping stand-in when
-    ``HSSL_BENCH_SLEEP_TRIAL_S`` is set (``search.bench_trial``, never in production)."""
-    if sleep_seconds() is not None:
-        return run_trial_sleeping
+    """Child process per trial (``isolate``) or inline (or the stand-in a bench passed in)."""
+    if _stand_in is not None:
+        return _stand_in
     return run_trial_isolated if isolate else run_trial_inline
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import optuna
 
 from search.spec import CandidateSpace, SearchSpec
-from training.config import HeadSpec
 from training.head_families import applies
+from training.specs import HeadSpec
 
 
 def sampler_settings(spec: SearchSpec) -> dict[str, Any]:

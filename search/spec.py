@@ -22,10 +22,10 @@ from search.objectives import (
     PrimaryProbe,
 )
 from search.strategy import STRATEGIES
-from training.config import HEAD_FAMILIES, POOLINGS, BaseSpec, HeadSpec
 from training.errors import SpecError
 from training.head_families import applies
 from training.recipe import PROXY_RECIPE, TrialConfig
+from training.specs import HEAD_FAMILIES, POOLINGS, BaseSpec, HeadSpec
 from training.timm_names import check_name
 
 Family = Literal[HEAD_FAMILIES]  # type: ignore[valid-type]  (derived from the one registry)
@@ -331,7 +331,7 @@ __all__ = [
 ]
 
 
-def planned_runs(spec: SearchSpec) -> int:
+def planned_trials(spec: SearchSpec) -> int:
     """How many runs the search is planned to count (progress and quotas), as its strategy
     plans them (one per trial, or per candidate and seed, ...)."""
-    return STRATEGIES[spec.strategy].planned_runs(spec)
+    return STRATEGIES[spec.strategy].planned_trials(spec)

@@ -16,8 +16,8 @@ from typing import Any
 import optuna
 
 from search.evidence import card_lines, evidence_card
+from search.jsonable import plain_json
 from search.objectives import metric_of
-from search.plain import plain_json
 from search.ranking import (
     HeadSummary,
     correlations,

@@ -47,7 +47,7 @@ class Strategy:
         """How many candidate heads get runs (after a pre-screen)."""
         return spec.budget.prescreen_keep or len(spec.space.candidates())
 
-    def planned_runs(self, spec: Any) -> int:
+    def planned_trials(self, spec: Any) -> int:
         """How many runs (trials) the search counts, for progress and quotas."""
         return self.candidates(spec) * len(spec.seeds())
 
@@ -76,7 +76,7 @@ class Strategy:
 
     def stages(self, spec: Any) -> list[dict[str, Any]]:
         """The stages a user sees in the status (one unless the strategy has several)."""
-        return [{"stage": 1, "name": self.name, "planned": self.planned_runs(spec)}]
+        return [{"stage": 1, "name": self.name, "planned": self.planned_trials(spec)}]
 
     # --- how it runs and reports (imports the engine) ----------------------------------------
 

@@ -1,16 +1,15 @@
 """Shared pieces of the execution and dispatch tests: submit a search straight into the
-tables (as the API does), read back its row, events and job, wait for a condition."""
+tables (as the API does), read back its row, events and job (``tests.waiting`` waits for a
+condition)."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
 
-from search.spec import SearchSpec, planned_runs
+from search.spec import SearchSpec, planned_trials
 from service.persistence import store
 from service.persistence.db import engine_of, session_scope
 from service.persistence.models import Job, Search, SearchEvent, SearchRun, SearchTrial
@@ -32,7 +31,7 @@ def new_search(
             spec=spec.model_dump(mode="json"),
             name=spec.name or f"hssl-{search_id}",
             study_name=f"hssl-{search_id}",
-            planned=planned_runs(spec),
+            planned=planned_trials(spec),
             idempotency_key=None,
             queue=queue or settings.queue,
             search_id=search_id,
@@ -99,15 +98,3 @@ def cancel(settings: Settings, search_id: uuid.UUID) -> str:
     with session_scope(engine_of(settings)) as s:
         search = s.get(Search, search_id)
         return store.request_cancel(s, search.tenant_id, search_id).status
-
-
-def wait_for(check: Callable[[], Any], timeout: float, every: float = 0.25, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
-        time.sleep(every)

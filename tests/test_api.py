@@ -102,7 +102,7 @@ def test_quotas_concurrent_searches_and_planned_runs(api):
     body = assert_problem(http.post("/v1/searches", json=spec()), 429, "quota-exceeded")
     assert "quota" in body["detail"]
     roomy = api.client(api.tenant("few-trials", max_trials=3))
-    big = spec(space={"families": ["convnext", "resnet", "mlp", "pool"]})  # 4 planned runs
+    big = spec(space={"families": ["convnext", "resnet", "mlp", "pool"]})  # 4 planned trials
     assert "4 runs" in assert_problem(roomy.post("/v1/searches", json=big), 429)["detail"]
     assert roomy.post("/v1/searches", json=spec()).status_code == 202
 

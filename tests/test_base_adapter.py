@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 
-from training.config import BaseSpec
 from training.errors import SpecError
 from training.model.base import BaseAdapter, BaseOutput, create_base
+from training.specs import BaseSpec
 
 VIT = {"img_size": 32, "patch_size": 4, "depth": 2, "width": 64}
 CASES = {  # id -> spec; ViT family, ConvNeXt, ResNet, EfficientNet, RegNet, MobileNet, Swin, EVA

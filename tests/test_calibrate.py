@@ -12,9 +12,9 @@ from search.calibrate import RECIPE_SPACE, calibrate, score
 from search.calibrate_report import calibration_report
 from search.context import SearchContext
 from search.run import open_study, run_search
-from search.runner import run_trial_inline
 from search.spec import SearchSpec
 from search.storage import make_storage, sqlite_url
+from search.trial_process import run_trial_inline
 from tests.search_helpers import TINY_SEARCH, tiny
 from training.errors import HSSLError
 from training.recipe import TrialResult

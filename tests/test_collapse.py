@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from training.config import BaseSpec
 from training.evaluation.collapse import ONE_HOT_FRACTION, UNIFORM_MI, classify, target_stats, worst
 from training.evaluation.evaluate import Embeddings, collapse_metrics
 from training.loop.train import _collapsed_for, run_trial
 from training.objective.hssl import HSSLObjective
 from training.objective.targets import target_probs
 from training.recipe import TrialConfig
+from training.specs import BaseSpec
 
 TAU_T = 0.04
 

@@ -105,7 +105,7 @@ def test_the_registry_feeds_objectives_records_and_directions() -> None:
 def test_a_minimised_objective_ranks_its_smallest_first() -> None:
     from search.ranking import pareto_front, rank, summarize
     from search.records import TrialRecord
-    from training.config import HeadSpec
+    from training.specs import HeadSpec
 
     heads = [HeadSpec(family="mlp", depth=d) for d in (1, 2, 3)]
     records = [

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import BaseSpec
 from training.data import eval_view, open_dataset
 from training.evaluation.floor import PIXEL_SIDE, pixel_features, pixel_probes, recalibrate_bn
 from training.model.network import HSSLNetwork
+from training.specs import BaseSpec
 
 SIZE = 16
 DEVICE = torch.device("cpu")

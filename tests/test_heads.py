@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import HEAD_FAMILIES, HeadSpec
 from training.errors import SpecError
 from training.model.heads import AuxHead, applies, create_head, list_heads, num_heads_for
+from training.specs import HEAD_FAMILIES, HeadSpec
 
 
 def token_map(dim: int, size: int, seed: int = 0) -> torch.Tensor:

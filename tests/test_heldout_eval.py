@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from training.config import BaseSpec, HeadSpec
 from training.errors import SpecError
 from training.loop.train import run_trial
 from training.recipe import TrialConfig
+from training.specs import BaseSpec, HeadSpec
 
 
 def _config(**kw) -> TrialConfig:

@@ -14,7 +14,7 @@ FORBIDDEN = ("optuna", "sqlalchemy", "fastapi", "service", "search")
 HEAVY = ("torch", "timm", "torchvision")
 # the spec's vocabulary: what the API imports from training (and search) to validate a spec
 LIGHT = (
-    "training.config",
+    "training.specs",
     "training.errors",
     "training.head_families",
     "training.recipe",
@@ -60,7 +60,7 @@ SHARED = (
     "service.statuses",
     "service.errors",
     "training",
-    "training.config",
+    "training.specs",
     "training.errors",
     "training.fields",
     "training.head_families",

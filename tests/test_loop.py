@@ -4,10 +4,10 @@ resumes exactly, and logs one JSON line per epoch."""
 import pytest
 import torch
 
-from training.config import BaseSpec, HeadSpec
 from training.loop.train import run_trial
 from training.recipe import TrialConfig
 from training.runtime import checkpoint, runlog
+from training.specs import BaseSpec, HeadSpec
 
 TINY = TrialConfig(
     base=BaseSpec(name="vit_tiny_patch16_224", img_size=16, patch_size=4, depth=1, width=32),

@@ -4,11 +4,11 @@ paths (method §3, §5)."""
 import pytest
 import torch
 
-from training.config import BaseSpec, HeadSpec
 from training.model.network import HSSLNetwork, NetworkOutput
 from training.model.teacher import make_teacher
 from training.objective.hssl import HSSLObjective
 from training.objective.losses import global_loss, patch_loss, target_probs, weighted_total
+from training.specs import BaseSpec, HeadSpec
 
 K, B, N, V = 6, 3, 4, 2
 

@@ -10,7 +10,7 @@ import pytest
 from search.plot import plot_search
 from search.ranking import rank, split_baseline, summarize
 from search.records import TrialRecord
-from training.config import HeadSpec
+from training.specs import HeadSpec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADS = [HeadSpec("convnext", depth=3, kernel=5), HeadSpec("transformer", 2), HeadSpec("mlp", 2)]

@@ -34,8 +34,8 @@ from search.ranking import (
     summarize,
 )
 from search.records import METRICS, TrialRecord
-from training.config import HeadSpec
 from training.metrics import metrics as declared
+from training.specs import HeadSpec
 
 A = HeadSpec("convnext", depth=3, kernel=5)
 B = HeadSpec("transformer", depth=2)

@@ -11,12 +11,12 @@ from torch import nn
 from torch.distributed import ReduceOp
 
 import training.objective.losses
-from training.config import BaseSpec
 from training.errors import SpecError
 from training.model.network import HSSLNetwork, NetworkOutput, Projector
 from training.objective.hssl import HSSLObjective
 from training.objective.losses import koleo_loss, sinkhorn_targets, target_probs
 from training.recipe import TrialConfig
+from training.specs import BaseSpec
 
 
 # ---- Sinkhorn-Knopp -----------------------------------------------------------------------

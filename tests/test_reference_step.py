@@ -13,10 +13,10 @@ import random
 import pytest
 import torch
 
-from training.config import BaseSpec
 from training.loop.session import build_session
 from training.loop.train import train_step
 from training.recipe import TrialConfig
+from training.specs import BaseSpec
 
 CONFIG = TrialConfig(
     base=BaseSpec(

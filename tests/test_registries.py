@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from search.spec import SearchSpec, planned_runs
+from search.spec import SearchSpec, planned_trials
 from search.strategy import STRATEGIES, Strategy, strategy_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def test_every_strategy_is_one_registered_class_the_spec_derives_from() -> None:
         assert strategy_of(name) is strategy
         assert name in schema["properties"]["strategy"]["description"]
     spec = SearchSpec.model_validate({"strategy": "optuna", "budget": {"trials": 5}})
-    assert planned_runs(spec) == 5 and strategy_of(spec).parallel_runs(spec) == 5
+    assert planned_trials(spec) == 5 and strategy_of(spec).parallel_runs(spec) == 5
     calibrate = SearchSpec.model_validate({"strategy": "calibrate"})
     assert calibrate.objectives == ["knn"]  # the strategy's own default
     assert strategy_of(calibrate).parallel_runs(calibrate) == 1

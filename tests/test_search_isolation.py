@@ -15,9 +15,8 @@ import yaml
 from PIL import Image
 
 from search.run import run_search
-from search.runner import last_child
+from search.trial_process import last_child
 from tests.cli_helpers import BIN, run
-from tests.net_helpers import free_port
 from tests.search_helpers import TINY_SEARCH, tiny
 from tests.waiting import wait_until
 
@@ -73,9 +72,9 @@ def test_cli_search_run_prints_the_ranking_and_writes_the_recommendation(tmp_pat
 
 
 @pytest.mark.slow
-def test_optuna_dashboard_opens_the_search_study(tmp_path):
+def test_optuna_dashboard_opens_the_search_study(tmp_path, reserved_port):
     outcome = run_search(tiny(name="dash"), tmp_path, progress=False, isolate=False)
-    port = free_port()
+    port = reserved_port
     server = subprocess.Popen(
         [
             str(BIN / "optuna-dashboard"),

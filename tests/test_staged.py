@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from search.records import TrialRecord
-from search.spec import SearchSpec, planned_runs
+from search.spec import SearchSpec, planned_trials
 from search.staged_report import decision, judge
 from search.strategy import strategy_of
 from tests.search_helpers import tiny
@@ -60,7 +60,7 @@ def test_the_staged_plan_from_the_spec() -> None:
     spec = tiny(strategy="staged", budget={"seeds": 1}, staged={"keep": 2, "seeds": 3})
     assert spec.objectives == ["d_kl"]  # the screen's default
     strategy = strategy_of(spec)
-    assert planned_runs(spec) == 3 * 1 + 2 * 3
+    assert planned_trials(spec) == 3 * 1 + 2 * 3
     assert strategy.confirm_seeds(spec) == [0, 1, 2]
     assert [s["planned"] for s in strategy.stages(spec)] == [3, 6]
     assert strategy.parallel_runs(spec) == 1 and strategy.confirm_width(spec) == 6
@@ -128,7 +128,8 @@ def test_a_staged_search_through_the_service(database_url, tmp_path, clean_env) 
     from service.persistence import reads
     from service.persistence.db import engine_of
     from tests.conftest import make_settings
-    from tests.dispatch_helpers import events, job_rows, new_search, search_row, trials, wait_for
+    from tests.dispatch_helpers import events, job_rows, new_search, search_row, trials
+    from tests.waiting import wait_until
 
     settings = make_settings(tmp_path, database_url, local_workers=2, heartbeat_s=1)
     spec = tiny(strategy="staged", staged={"keep": 2, "seeds": 2, "probe": "knn"})
@@ -137,7 +138,7 @@ def test_a_staged_search_through_the_service(database_url, tmp_path, clean_env) 
     dispatcher.start()
     try:
         dispatcher.submitted(sid, settings.queue)
-        status = wait_for(
+        status = wait_until(
             lambda: (s := search_row(settings, sid).status) in ("completed", "failed") and s,
             timeout=600,
             what="the staged search",
@@ -157,7 +158,7 @@ def test_a_staged_search_through_the_service(database_url, tmp_path, clean_env) 
         reads.search_status(engine_of(settings), row.tenant_id, sid)
     ).progress
     assert progress.stage["stage"] == 2 and len(progress.stage["kept"]) == 2
-    assert progress.finished == planned_runs(spec) == 7
+    assert progress.finished == planned_trials(spec) == 7
     assert len(job_rows(settings, sid)) >= 2  # stage 2 fanned out
     decision_ = row.ranking["decision"]
     expected = "baseline" if decision_["keep_baseline"] else decision_["recommend"]

@@ -1,4 +1,4 @@
-"""The warm pool of search.runner, on real processes and a real tiny training run: a run on a
+"""The warm pool of search.trial_process, on real processes and a real tiny training run: a run on a
 pre-started spare gives the same result as a cold one, a killed child fails only its run, a
 cancel still cancels, a spare never outlives ``shutdown_pool()``, its thread, its environment
 or a fork. (Speed is measured in bench/overhead.py, not asserted here.)"""
@@ -11,12 +11,12 @@ import threading
 
 import pytest
 
-from search import runner
-from search.runner import last_child, prestart, run_trial_isolated, shutdown_pool, spare_pid
-from tests.dispatch_helpers import wait_for
+from search import trial_process
+from search.trial_process import last_child, prestart, run_trial_isolated, shutdown_pool, spare_pid
 from tests.process_helpers import alive
-from training.config import BaseSpec, HeadSpec
+from tests.waiting import wait_until
 from training.recipe import TrialConfig
+from training.specs import BaseSpec, HeadSpec
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ READY_S = 120  # generous: a spare imports torch and timm on a shared 2-core mac
 
 @pytest.fixture(autouse=True)
 def pool(monkeypatch):
-    monkeypatch.setenv(runner.WARM_POOL_ENV, "1")
+    monkeypatch.setenv(trial_process.WARM_POOL_ENV, "1")
     shutdown_pool()
     yield
     shutdown_pool()
@@ -97,7 +97,7 @@ def test_a_child_killed_mid_run_fails_only_that_run_and_the_next_runs():
 def test_a_spare_killed_while_idle_is_replaced_by_a_fresh_child():
     spare = prestart(wait=True, timeout=READY_S)
     os.kill(spare, signal.SIGKILL)
-    wait_for(lambda: not alive(spare), timeout=10, what="the spare to die")
+    wait_until(lambda: not alive(spare), timeout=10, what="the spare to die")
     result = run_trial_isolated(TINY)
     assert result.status == "completed", result.reason
     assert last_child().pid != spare and not last_child().pre_started
@@ -138,7 +138,7 @@ def test_a_changed_environment_gets_a_fresh_child_and_its_thread_count(monkeypat
 
 
 def test_the_pool_can_be_switched_off_by_the_environment(monkeypatch):
-    monkeypatch.setenv(runner.WARM_POOL_ENV, "0")
+    monkeypatch.setenv(trial_process.WARM_POOL_ENV, "0")
     assert prestart() is None and spare_pid() is None
 
 
@@ -147,7 +147,7 @@ def test_a_spare_dies_with_the_thread_that_started_it():
     thread = threading.Thread(target=lambda: got.update(pid=prestart(wait=True, timeout=READY_S)))
     thread.start()
     thread.join()
-    wait_for(lambda: not alive(got["pid"]), timeout=30, what="the spare to die with its thread")
+    wait_until(lambda: not alive(got["pid"]), timeout=30, what="the spare to die with its thread")
 
 
 def test_a_forked_process_does_not_use_its_parents_spare():
@@ -161,7 +161,7 @@ def test_a_forked_process_does_not_use_its_parents_spare():
 
 
 def test_a_spare_left_unused_past_its_idle_time_goes(monkeypatch):
-    monkeypatch.setenv(runner.IDLE_ENV, "0.5")
+    monkeypatch.setenv(trial_process.IDLE_ENV, "0.5")
     spare = prestart()
-    wait_for(lambda: not alive(spare), timeout=30, what="the idle spare to be killed")
+    wait_until(lambda: not alive(spare), timeout=30, what="the idle spare to be killed")
     assert spare_pid() is None

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from training.config import BaseSpec, HeadSpec
 from training.errors import SpecError
 from training.fields import known_fields
 from training.results import RunResult
+from training.specs import BaseSpec, HeadSpec
 
 # Proxy-only departures from the authors' recipe that keep short runs from collapsing (method
 # §11; measured in docs/study/recipes: projector BN alone kept the targets from going uniform

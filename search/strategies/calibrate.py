@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import optuna
 
     from search.context import SearchContext
-    from training.config import HeadSpec
+    from training.specs import HeadSpec
 
 
 @register
@@ -37,7 +37,7 @@ class Calibrate(Strategy):
             "properties": {"objectives": {"maxItems": 1, "items": {"enum": list(PROBE_OBJECTIVES)}}}
         }
 
-    def planned_runs(self, spec) -> int:
+    def planned_trials(self, spec) -> int:
         return spec.budget.trials
 
     def width(self, spec) -> int:

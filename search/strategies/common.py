@@ -16,7 +16,7 @@ from search.context import SearchContext
 from search.objectives import DEFAULT_OBJECTIVES, LABEL_FREE
 from search.records import head_metrics
 from search.storage import INTERRUPTED
-from training.config import HeadSpec
+from training.specs import HeadSpec
 
 
 def done_runs(ctx: SearchContext, strategy: str) -> set[tuple[str, int]]:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import optuna
 
     from search.context import SearchContext
-    from training.config import HeadSpec
+    from training.specs import HeadSpec
 
 
 @register

@@ -12,7 +12,7 @@ from search.strategy import register
 
 if TYPE_CHECKING:
     from search.context import SearchContext
-    from training.config import HeadSpec
+    from training.specs import HeadSpec
 
 
 @register

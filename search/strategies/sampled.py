@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import optuna
 
     from search.context import SearchContext
-    from training.config import HeadSpec
+    from training.specs import HeadSpec
 
 
 @register
@@ -21,7 +21,7 @@ class Sampled(Ranked):
     name = "optuna"
     summary = "TPE proposes head specs (Pareto front, or one objective with k-NN pruning)"
 
-    def planned_runs(self, spec) -> int:
+    def planned_trials(self, spec) -> int:
         return spec.budget.trials
 
     def width(self, spec) -> int:
@@ -34,7 +34,7 @@ class Sampled(Ranked):
 
     def run(self, ctx: SearchContext, candidates: list[HeadSpec]) -> None:
         """Ask/tell until the study holds ``budget.trials`` finished trials of this strategy;
-        each of the ``budget.trials`` slots is one claimable unit (shards ask in parallel: the
+        each of the ``budget.trials`` draws is one claimable unit (shards ask in parallel: the
         sampler's constant liar keeps them from proposing the same head)."""
         from search.claims import optuna_unit
         from search.sampling import make_pruner, make_sampler
@@ -43,10 +43,10 @@ class Sampled(Ranked):
         spec = ctx.spec
         ctx.study.sampler = make_sampler(spec)
         ctx.study.pruner = make_pruner(spec)
-        for slot in range(spec.budget.trials):
+        for draw in range(spec.budget.trials):
             if ctx.out_of_time() or ctx.cancelled():
                 return
-            unit = optuna_unit(slot)
+            unit = optuna_unit(draw)
             if not ctx.claim(unit):
                 continue
             if finished_count(ctx, "optuna") < spec.budget.trials:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from search.context import SearchContext
     from search.spec import SearchSpec
-    from training.config import HeadSpec
+    from training.specs import HeadSpec
 
 SCREEN, CONFIRM = 1, 2
 
@@ -60,7 +60,7 @@ class Staged(Strategy):
         """Stage 2's seeds, shared by every kept head and the baseline (paired)."""
         return [spec.seed + i for i in range(spec.staged.seeds)]
 
-    def planned_runs(self, spec: SearchSpec) -> int:
+    def planned_trials(self, spec: SearchSpec) -> int:
         screen = len(spec.space.candidates()) * len(spec.seeds())
         return screen + self.kept(spec) * spec.staged.seeds
 

@@ -86,7 +86,7 @@ def create_tenant(
         int | None, Opt(help="active searches at once (default: HSSL_MAX_CONCURRENT_SEARCHES)")
     ] = None,
     max_trials: Annotated[
-        int | None, Opt(help="planned runs per search (default: HSSL_MAX_TRIALS_PER_SEARCH)")
+        int | None, Opt(help="planned trials per search (default: HSSL_MAX_TRIALS_PER_SEARCH)")
     ] = None,
     max_runs: Annotated[
         int | None,

@@ -15,9 +15,9 @@ import typer
 import yaml
 
 from service.cli.failures import fail_cleanly
-from training.config import BaseSpec, HeadSpec
 from training.errors import HSSLError
 from training.recipe import TrialConfig
+from training.specs import BaseSpec, HeadSpec
 
 Opt = typer.Option
 

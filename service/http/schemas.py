@@ -29,18 +29,18 @@ def _example(**values: Any) -> ConfigDict:
 
 class Progress(BaseModel):
     model_config = _example(planned=10, running=3, finished=4, failed=1)
-    planned: int = Field(description="runs the search plans (candidates x seeds, or trials)")
+    planned: int = Field(description="trials the search plans (candidates x seeds, or trials)")
     running: int | None = Field(
         None,
-        description="planned runs training now, over every worker (a joint run counts for all "
+        description="planned trials training now, over every worker (a joint run counts for all "
         "its candidates); given by GET /v1/searches/{id}, null in lists",
     )
-    finished: int = Field(description="runs that ended (any state)")
-    failed: int = Field(description="runs that failed or were pruned")
+    finished: int = Field(description="trials that ended (any state)")
+    failed: int = Field(description="trials that failed or were pruned")
     stage: dict[str, Any] | None = Field(
         None,
         description="a staged search's current stage: stage (1 screen, 2 confirm), of, name, "
-        "planned runs of the stage, seeds, and (stage 2) the kept and screened-out heads; "
+        "planned trials of the stage, seeds, and (stage 2) the kept and screened-out heads; "
         "given by GET /v1/searches/{id}, null otherwise",
         examples=[{"stage": 2, "of": 2, "name": "confirm", "planned": 6, "kept": ["mlp-d1-nores"]}],
     )

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from search.spec import SearchSpec, planned_runs
+from search.spec import SearchSpec, planned_trials
 from service.errors import InvalidSpec, MalformedBody
 from service.http.problems import invalid_spec
 from service.jobs.dispatcher import Dispatcher
@@ -101,7 +101,7 @@ def submit_search(
     key = check_idempotency_key(idempotency_key)
     spec = validate_spec(parse_body(body))
     spec = spec.model_copy(update={"data": resolve_data(spec.data, settings.resolved_data_root)})
-    planned = planned_runs(spec)
+    planned = planned_trials(spec)
     stored = spec.model_dump(mode="json")
     search_id = uuid.uuid4()
     try:

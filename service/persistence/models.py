@@ -146,7 +146,7 @@ class Job(Base):
 
 class SearchRun(Base):
     """A claim on one run of a search (see the module docstring); ``weight`` is how many of
-    the search's planned runs it covers (a joint run: every candidate; a baseline: none)."""
+    the search's planned trials it covers (a joint run: every candidate; a baseline: none)."""
 
     __tablename__ = "search_runs"
     __table_args__ = (UniqueConstraint("search_id", "unit", name="uq_search_runs_unit"),)

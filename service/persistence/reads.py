@@ -18,7 +18,7 @@ from service.errors import NotFound
 from service.persistence.models import Job, Search, SearchEvent, SearchRun
 from service.statuses import JobStatus, RunStatus
 
-# planned runs training now: claims held by a running shard job (service.persistence.runs)
+# planned trials training now: claims held by a running shard job (service.persistence.runs)
 RUNNING = (
     select(func.coalesce(func.sum(SearchRun.weight), 0))
     .join(Job, Job.id == SearchRun.job_id)

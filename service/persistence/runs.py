@@ -92,7 +92,7 @@ def running_runs_of_tenant(s: Session, tenant_id: uuid.UUID) -> int:
 
 
 def progress(s: Session, search_id: uuid.UUID) -> tuple[int, int]:
-    """(running, finished) planned runs of a search: the weights of its claims held by a
+    """(running, finished) planned trials of a search: the weights of its claims held by a
     running job, and of its finished claims."""
     rows = s.execute(
         select(SearchRun.status, Job.status, func.sum(SearchRun.weight))

@@ -26,7 +26,7 @@ from training.errors import SpecError
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from training.config import BaseSpec
+    from training.specs import BaseSpec
 
 CHECKPOINT_FILE = "checkpoint.pt"  # training.CHECKPOINT_FILE (that module imports torch)
 

@@ -15,7 +15,6 @@ from dataclasses import replace
 
 from torch import nn
 
-from training.config import BaseSpec
 from training.data import ImageSet
 from training.errors import TrainingError
 from training.finetune.config import FinetuneConfig
@@ -23,6 +22,7 @@ from training.finetune.init import InitWeights, architecture_kwargs
 from training.finetune.loop import run_finetune
 from training.finetune.session import Embedded
 from training.runtime.device import Runtime
+from training.specs import BaseSpec
 
 METRIC = "finetune"
 MAX_BATCH = 64  # the proxy recipe's batch

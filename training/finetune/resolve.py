@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.config import BaseSpec
 from training.errors import SpecError
 from training.finetune.config import FinetuneConfig
 from training.finetune.init import InitWeights, architecture_kwargs, inspect_init
+from training.specs import BaseSpec
 from training.timm_names import check_name
 
 

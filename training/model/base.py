@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from training.config import BaseSpec
 from training.errors import SpecError
 from training.model.timm_build import build_timm_model
+from training.specs import BaseSpec
 
 
 class BaseOutput(NamedTuple):

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.config import BaseSpec, HeadSpec
 from training.model.base import create_base
 from training.model.heads import create_head
+from training.specs import BaseSpec, HeadSpec
 
 
 class Projector(nn.Module):

@@ -1,4 +1,4 @@
-"""Turn a :class:`~training.config.BaseSpec` into ``timm.create_model`` kwargs (method §2, §9).
+"""Turn a :class:`~training.specs.BaseSpec` into ``timm.create_model`` kwargs (method §2, §9).
 
 Proxy trials shrink the base (method §9: e.g. ViT depth 4, width 128, patch 4 on 32 px), so the
 spec's overrides are mapped onto constructor arguments. What a model accepts is read from its
@@ -18,8 +18,8 @@ import timm
 import torch
 from torch import nn
 
-from training.config import BaseSpec
 from training.errors import SpecError
+from training.specs import BaseSpec
 from training.timm_names import check_name
 
 # BaseSpec field -> timm constructor argument (ViT-style names).

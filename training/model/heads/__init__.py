@@ -1,7 +1,7 @@
 """Auxiliary-head registry (method §2, §6, §7): five block families built from timm layers.
 
 ``create_head(spec, dim, drop_path_rates)`` builds an :class:`AuxHead`; ``list_heads()``
-describes the families and which :class:`~training.config.HeadSpec` fields apply to each.
+describes the families and which :class:`~training.specs.HeadSpec` fields apply to each.
 """
 
 from training.head_families import applies, list_heads

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from training.config import HeadSpec
 from training.errors import SpecError
 from training.model.heads.blocks import BLOCKS
+from training.specs import HeadSpec
 
 
 class AuxHead(nn.Module):
