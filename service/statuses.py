@@ -62,3 +62,12 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # its worker is stopping: still running, to be resumed
     SHARD_DONE = "shard-done"  # this shard is done; another one finishes the search
+    OUT_OF_TIME = "out_of_time"  # budget.wall_clock_s ran out: ranked on the runs it finished
+
+
+# the status a search ends in after each way its runs can end
+FINAL_STATUS_AFTER = {
+    Outcome.COMPLETED: SearchStatus.COMPLETED,
+    Outcome.OUT_OF_TIME: SearchStatus.COMPLETED,  # with a search.out_of_time event saying so
+    Outcome.CANCELLED: SearchStatus.CANCELLED,
+}

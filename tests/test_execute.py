@@ -107,3 +107,29 @@ def test_an_unrunnable_spec_fails_the_search_with_a_one_line_error(settings):
     search = search_row(settings, sid)
     assert search.status == "failed" and search.error and "\n" not in search.error
     assert events(settings, sid)[-1] == ("search.failed", {"error": search.error})
+
+
+def test_a_search_out_of_time_completes_on_its_finished_runs_and_says_so(settings):
+    """The out-of-time ending is its own outcome: the search completes, ranked on the runs it
+    finished, with a ``search.out_of_time`` event giving the reason (never a silent complete)."""
+    import time
+
+    from training.recipe import TrialResult
+
+    def slow_stand_in(config, report=None, **_):
+        time.sleep(1.2)  # past the 1 s budget after the first run
+        return TrialResult(
+            status="completed", epochs_done=1, metrics={"knn_cls": 0.5, "d_kl": 0.3, "heads": []}
+        )
+
+    spec = tiny(strategy="independent", objectives=["d_kl"], budget={"wall_clock_s": 1})
+    sid = new_search(settings, spec)
+    search_run.use_trial_runner(slow_stand_in)
+    try:
+        assert execute_search(settings, sid) == "completed"
+    finally:
+        search_run.use_trial_runner(None)
+    search = search_row(settings, sid)
+    assert search.status == "completed" and 0 < search.finished < search.planned
+    told = [data for kind, data in events(settings, sid) if kind == "search.out_of_time"]
+    assert len(told) == 1 and "wall-clock budget of 1 s ran out" in told[0]["reason"]

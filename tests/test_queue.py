@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from service.jobs.local import _alive
-from service.persistence import queue as jobs
+from service.persistence import jobs
 from service.persistence.db import engine_of, session_scope
 from service.persistence.models import Job, utcnow
 from tests.dispatch_helpers import events, job_row, new_search, search_row

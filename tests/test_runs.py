@@ -1,4 +1,4 @@
-"""Run claims and shard elections (``service.persistence.runs``, ``service.persistence.queue``): a
+"""Run claims and shard elections (``service.persistence.runs``, ``service.persistence.jobs``): a
 run claimed by a running shard is nobody else's, a dead shard's claim is taken over, the tenant's
 cap holds, and of shards finishing together exactly one is the last."""
 
@@ -8,8 +8,7 @@ import threading
 
 from sqlalchemy import update
 
-from service.persistence import queue as jobs
-from service.persistence import runs
+from service.persistence import jobs, runs
 from service.persistence.db import engine_of, session_scope
 from service.persistence.models import Job, Tenant
 from service.statuses import Claim

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from service.persistence import queue, store
+from service.persistence import jobs, store
 from service.persistence.db import session_scope
 from service.statuses import SearchStatus
 
@@ -50,7 +50,7 @@ def _num(value: float) -> str:
 def render(engine: Engine, counter: RequestCounter) -> str:
     with session_scope(engine) as s:
         snap = store.metrics_snapshot(s)
-        depth = queue.queue_depth(s)
+        depth = jobs.queue_depth(s)
     searches = {status: 0 for status in STATUSES} | snap["searches"]
     trials = {state: 0 for state in TRIAL_STATES} | snap["trials"]
     lines = [

@@ -41,7 +41,7 @@ from service.persistence import store
 from service.persistence.db import engine_of, retrying, session_scope
 from service.persistence.models import Search
 from service.persistence.settings import Settings
-from service.statuses import FINAL, Outcome, SearchStatus
+from service.statuses import FINAL, FINAL_STATUS_AFTER, Outcome, SearchStatus
 from training.errors import DataError
 
 if TYPE_CHECKING:  # search.run imports torch: only when a search runs
@@ -264,6 +264,11 @@ def _execute(
         outcome = finish_search(
             study, spec, outcome.storage, workdir, status, settings.resolved_artifact_dir
         )
+    if Outcome(outcome.status) == Outcome.OUT_OF_TIME:  # an unknown word raises: never silent
+        budget = spec.budget.wall_clock_s
+        reason = f"its wall-clock budget of {budget:g} s ran out; ranked on the runs it finished"
+        writer("search.out_of_time", {"reason": reason})
+        retrying(engine, writer.flush, f"search {sid}: events")
     return _store_results(engine, sid, outcome)
 
 
@@ -299,8 +304,7 @@ def _store_results(engine: Engine, sid: uuid.UUID, outcome: SearchOutcome) -> st
     path = outcome.files.get("json")
     if path is not None and Path(path).is_file():
         recommendation = json.loads(Path(path).read_text())
-    cancelled = outcome.status == Outcome.CANCELLED
-    final = SearchStatus.CANCELLED if cancelled else SearchStatus.COMPLETED
+    final = FINAL_STATUS_AFTER[Outcome(outcome.status)]
 
     def finish() -> str:
         with session_scope(engine) as s:

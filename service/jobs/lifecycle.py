@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from service.jobs.execute import Flag, execute_search, one_line
 from service.jobs.shards import Announce, ShardJob
-from service.persistence import queue as jobs
+from service.persistence import jobs
 from service.persistence.db import engine_of, session_scope
 from service.persistence.settings import Settings
 from service.statuses import JobStatus, Outcome

@@ -1,5 +1,5 @@
 """The embedded dispatcher: ``slots`` threads of this process claim shard jobs from our ``jobs``
-table (``service.persistence.queue``) and run them through the one job lifecycle
+table (``service.persistence.jobs``) and run them through the one job lifecycle
 (``service.jobs.lifecycle``), each search shard in a spawned child process
 (``service.jobs.child``): the process that dispatches (``hssl serve``: the API's) never imports
 torch, timm or matplotlib, and the child stores the ranking, plot and recommendation.
@@ -25,7 +25,7 @@ from service.jobs import slots
 from service.jobs.child import execute_in_child
 from service.jobs.execute import one_line
 from service.jobs.lifecycle import HeldJob, record_outcome, run_held_job
-from service.persistence import queue as jobs
+from service.persistence import jobs
 from service.persistence.db import engine_of, session_scope
 from service.persistence.settings import Settings
 from service.statuses import Outcome

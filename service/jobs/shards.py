@@ -2,7 +2,7 @@
 
 A search starts as one shard job. Once its pre-screen is done, the running search says how
 many of its runs may go at once (``search.run.parallel_runs``); ``fan_out`` adds that many
-shard jobs (``service.persistence.queue.add_shards``) and hands the new ones to the
+shard jobs (``service.persistence.jobs.add_shards``) and hands the new ones to the
 dispatcher, so any free worker slot of the queue joins. Each shard runs the search's strategy
 loop with ``ShardClaims``: a run is executed by the shard that claims it
 (``service.persistence.runs``). A shard whose tenant runs its maximum waits here, polling,
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from service.persistence import queue as jobs
-from service.persistence import runs
+from service.persistence import jobs, runs
 from service.persistence.db import retrying, session_scope
 from service.statuses import Claim
 
@@ -102,7 +101,7 @@ def fan_out(
 
 
 def is_last_shard(engine: Engine, search_id: uuid.UUID, job: ShardJob) -> bool:
-    """Election after a shard ran out of runs (``service.persistence.queue.finish_shard``)."""
+    """Election after a shard ran out of runs (``service.persistence.jobs.finish_shard``)."""
 
     def elect() -> bool:
         with session_scope(engine) as s:

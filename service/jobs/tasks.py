@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 
 from service.jobs.execute import one_line
 from service.jobs.lifecycle import HeldJob, run_held_job
-from service.persistence import queue as jobs
+from service.persistence import jobs
 from service.persistence.db import engine_of, session_scope
 from service.persistence.settings import Settings
 from service.statuses import JobStatus

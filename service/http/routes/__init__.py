@@ -1,4 +1,5 @@
-"""The API's routers (thin: parse → one store or service call → a schema) and what they share."""
+"""The API's routers (thin: parse → one store or service call → a schema) and their OpenAPI
+problem entries; what a route asks FastAPI for is in ``service.http.deps``."""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ import http
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import Request
-from sqlalchemy import Engine
-
 from service.errors import Problem, documented
 from service.http.problems import MEDIA_TYPE
 from service.http.schemas import PROBLEM_BASE
-from service.persistence.settings import Settings
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _DETAILS = {
@@ -56,11 +53,3 @@ def problems(
 AUTH_PROBLEMS = (401, 429, 503)
 # any POST with a body passes the request guard first (service.http.middleware), used or not
 BODY_PROBLEMS = (413, 415)
-
-
-def settings_of(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def request_engine(request: Request) -> Engine:
-    return request.app.state.engine()

@@ -17,8 +17,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
 
-from service.http.auth import TenantDep
-from service.http.routes import AUTH_PROBLEMS, problems, request_engine
+from service.http.deps import EngineDep, TenantDep
+from service.http.routes import AUTH_PROBLEMS, problems
 from service.persistence import store
 from service.persistence.db import session_scope
 from service.persistence.models import SearchEvent
@@ -78,6 +78,7 @@ def sse(event: SearchEvent) -> str:
 )
 async def follow_events(
     request: Request,
+    engine: EngineDep,
     tenant: TenantDep,
     search_id: uuid.UUID,
     last_event_id: Annotated[
@@ -89,8 +90,6 @@ async def follow_events(
         ),
     ] = None,
 ) -> StreamingResponse:
-    engine = request_engine(request)
-
     def first() -> tuple[str, list[SearchEvent]]:
         with session_scope(engine) as s:
             search = store.get_search(s, tenant.id, search_id)

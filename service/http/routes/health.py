@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import Unavailable
+from service.http.deps import EngineDep
 from service.http.metrics import CONTENT_TYPE, render
-from service.http.routes import problems, request_engine
+from service.http.routes import problems
 from service.http.schemas import Health
 from service.persistence.migrate import alembic_at_head
 
@@ -32,9 +33,9 @@ def healthz() -> Health:
     summary="Readiness: the database answers and is migrated to the newest revision",
     responses=problems(503, d503="the database is unreachable or not migrated"),
 )
-def readyz(request: Request) -> Health:
+def readyz(engine: EngineDep) -> Health:
     try:
-        ready = alembic_at_head(request_engine(request))
+        ready = alembic_at_head(engine)
     except (SQLAlchemyError, OSError) as exc:
         log.warning("readiness check failed: %s", exc)
         raise Unavailable(
@@ -57,9 +58,9 @@ def readyz(request: Request) -> Health:
         **problems(503, d503="the database does not answer"),
     },
 )
-def metrics(request: Request) -> Response:
+def metrics(request: Request, engine: EngineDep) -> Response:
     try:
-        text = render(request_engine(request), request.app.state.requests)
+        text = render(engine, request.app.state.requests)
     except (SQLAlchemyError, OSError) as exc:
         log.warning("metrics failed: %s", exc)
         raise Unavailable(f"the database does not answer ({type(exc).__name__})") from None

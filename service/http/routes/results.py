@@ -7,15 +7,14 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import yaml
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from service.errors import NotReady
-from service.http.auth import TenantDep
-from service.http.routes import AUTH_PROBLEMS, problems, request_engine
+from service.http.deps import SessionDep, TenantDep
+from service.http.routes import AUTH_PROBLEMS, problems
 from service.http.schemas import RANKING_EXAMPLE, RECOMMENDATION_EXAMPLE, Trial, TrialPage
 from service.persistence import store
-from service.persistence.db import session_scope
 from service.persistence.models import Search
 from service.statuses import FINAL
 
@@ -30,7 +29,7 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
     responses=problems(*AUTH_PROBLEMS, 404, 422),
 )
 def list_trials(
-    request: Request,
+    s: SessionDep,
     tenant: TenantDep,
     search_id: uuid.UUID,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -38,10 +37,9 @@ def list_trials(
         int, Query(ge=-1, le=2**31 - 1, description="trial number to start after")
     ] = -1,
 ) -> TrialPage:
-    with session_scope(request_engine(request)) as s:
-        search = store.get_search(s, tenant.id, search_id)
-        rows = store.list_trials(s, search, limit=limit, after=after)
-        items = [Trial.from_row(r) for r in rows]
+    search = store.get_search(s, tenant.id, search_id)
+    rows = store.list_trials(s, search, limit=limit, after=after)
+    items = [Trial.from_row(r) for r in rows]
     return TrialPage(items=items, next_after=items[-1].number if len(items) == limit else None)
 
 
@@ -56,11 +54,10 @@ def list_trials(
         **problems(*AUTH_PROBLEMS, 404, 409, 422, d409="the search has no ranking yet"),
     },
 )
-def get_ranking(request: Request, tenant: TenantDep, search_id: uuid.UUID) -> JSONResponse:
-    with session_scope(request_engine(request)) as s:
-        search = store.get_search(s, tenant.id, search_id)
-        _require(search, search.ranking, "ranking")
-        return JSONResponse(search.ranking)
+def get_ranking(s: SessionDep, tenant: TenantDep, search_id: uuid.UUID) -> JSONResponse:
+    search = store.get_search(s, tenant.id, search_id)
+    _require(search, search.ranking, "ranking")
+    return JSONResponse(search.ranking)
 
 
 @router.get(
@@ -79,7 +76,7 @@ def get_ranking(request: Request, tenant: TenantDep, search_id: uuid.UUID) -> JS
     },
 )
 def get_recommendation(
-    request: Request,
+    s: SessionDep,
     tenant: TenantDep,
     search_id: uuid.UUID,
     format: Annotated[
@@ -88,10 +85,9 @@ def get_recommendation(
     ] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    with session_scope(request_engine(request)) as s:
-        search = store.get_search(s, tenant.id, search_id)
-        _require(search, search.recommendation, "recommendation")
-        rec = search.recommendation
+    search = store.get_search(s, tenant.id, search_id)
+    _require(search, search.recommendation, "recommendation")
+    rec = search.recommendation
     fmt = format or ("yaml" if _wants_yaml(accept) else "json")
     if fmt == "yaml":
         body, media = yaml.safe_dump(rec, sort_keys=False, allow_unicode=True), "application/yaml"

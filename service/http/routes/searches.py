@@ -9,8 +9,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import InvalidSpec
-from service.http.auth import TenantDep
-from service.http.routes import AUTH_PROBLEMS, BODY_PROBLEMS, problems, request_engine, settings_of
+from service.http.deps import EngineDep, SessionDep, SettingsDep, TenantDep
+from service.http.routes import AUTH_PROBLEMS, BODY_PROBLEMS, problems
 from service.http.schemas import STATUSES, SearchPage, SearchResource, Status
 from service.http.submission import MAX_IDEMPOTENCY_KEY, submit_search
 from service.persistence import store
@@ -63,6 +63,8 @@ async def create_search(
     request: Request,
     response: Response,
     tenant: TenantDep,
+    settings: SettingsDep,
+    engine: EngineDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -81,8 +83,8 @@ async def create_search(
     body = await request.body()
     search, _created = await run_in_threadpool(
         submit_search,
-        settings_of(request),
-        request_engine(request),
+        settings,
+        engine,
         tenant,
         body,
         idempotency_key=idempotency_key,
@@ -99,7 +101,7 @@ async def create_search(
     responses=problems(400, *AUTH_PROBLEMS, 422),
 )
 def list_searches(
-    request: Request,
+    s: SessionDep,
     tenant: TenantDep,
     status: Annotated[Status | None, Query(description=f"one of {', '.join(STATUSES)}")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -112,13 +114,8 @@ def list_searches(
         ),
     ] = None,
 ) -> SearchPage:
-    with session_scope(request_engine(request)) as s:
-        rows, next_cursor = store.list_searches(
-            s, tenant.id, status=status, limit=limit, cursor=cursor
-        )
-        return SearchPage(
-            items=[SearchResource.from_search(r) for r in rows], next_cursor=next_cursor
-        )
+    rows, next_cursor = store.list_searches(s, tenant.id, status=status, limit=limit, cursor=cursor)
+    return SearchPage(items=[SearchResource.from_search(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -127,11 +124,11 @@ def list_searches(
     summary="Read a search",
     responses=problems(*AUTH_PROBLEMS, 404, 422),
 )
-async def get_search(request: Request, tenant: TenantDep, search_id: uuid.UUID) -> SearchResource:
+async def get_search(engine: EngineDep, tenant: TenantDep, search_id: uuid.UUID) -> SearchResource:
     # Clients poll this: one worker-thread hop for the read (a sync route takes two, the
     # second to validate the answer) and a Core read of the columns shown
     # (service.persistence.reads).
-    row = await run_in_threadpool(search_status, request_engine(request), tenant.id, search_id)
+    row = await run_in_threadpool(search_status, engine, tenant.id, search_id)
     return SearchResource.from_search(row)
 
 
@@ -144,6 +141,6 @@ async def get_search(request: Request, tenant: TenantDep, search_id: uuid.UUID) 
     "within one epoch (status cancelling, then cancelled)",
     responses=problems(*AUTH_PROBLEMS, *BODY_PROBLEMS, 404, 422),
 )
-def cancel_search(request: Request, tenant: TenantDep, search_id: uuid.UUID) -> SearchResource:
-    with session_scope(request_engine(request)) as s:
+def cancel_search(engine: EngineDep, tenant: TenantDep, search_id: uuid.UUID) -> SearchResource:
+    with session_scope(engine) as s:  # a write: committed before the answer
         return SearchResource.from_search(store.request_cancel(s, tenant.id, search_id))

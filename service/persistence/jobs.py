@@ -1,4 +1,4 @@
-"""The embedded queue: SQL on our ``jobs`` table (the only SQL on it outside ``store``).
+"""SQL on our ``jobs`` table, the embedded queue (the only SQL on it outside ``store``).
 
 A search runs as one or more *shard* jobs (``shard`` 0 is created with the search; the
 running search adds the others once it knows how many of its runs may go at once: see
