@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from training.errors import HSSLError, TrainingError
 from training.finetune.config import FinetuneConfig, FinetuneResult
@@ -27,6 +26,7 @@ from training.finetune.data import eval_batches, train_batches
 from training.finetune.metrics import evaluate
 from training.finetune.session import Embedded, FinetuneSession, build_session
 from training.runtime.device import is_out_of_memory, peak_memory_mb, seed_everything
+from training.runtime.progress import epoch_bar
 
 Report = Callable[[int, dict[str, Any]], bool]
 EVAL_BATCH = 256
@@ -97,14 +97,8 @@ def train_one_epoch(s: FinetuneSession, epoch: int, progress: bool) -> dict[str,
         num_workers=cfg.num_workers,
         steps=s.steps_per_epoch,
     )
-    bar = tqdm(
-        batches,
-        total=s.steps_per_epoch,
-        desc=f"fine-tune {epoch + 1}/{cfg.epochs}",
-        disable=not (progress and rt.main),
-        leave=False,
-        dynamic_ncols=True,
-    )
+    desc = f"fine-tune {epoch + 1}/{cfg.epochs}"
+    bar = epoch_bar(batches, s.steps_per_epoch, desc, progress and rt.main)
     loss_sum = 0.0
     for it, (images, labels) in enumerate(bar):
         update = epoch * s.updates_per_epoch + it // s.accum_steps

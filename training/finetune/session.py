@@ -188,12 +188,7 @@ def _start_or_resume(s: FinetuneSession, resume: bool) -> None:
             f"{path} exists: pass --resume (resume=True) to continue that run, or choose "
             "another output folder"
         )
-    state = checkpoint.load(path)
-    if state.get("config") != s.config.to_dict():
-        raise HSSLError(
-            f"checkpoint {path} was written by another fine-tune configuration; use a fresh "
-            "output folder or the same settings"
-        )
+    state = checkpoint.load(path, config=s.config.to_dict())
     s.network.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from training.data import ImageSet, TwoCropAugment, num_batches, open_dataset, stratified_subset
-from training.errors import DataError, HSSLError
+from training.errors import DataError
 from training.loop.optim import param_groups
 from training.loop.schedules import cosine_schedule, lr_for_batch, teacher_temperature
 from training.model.network import HSSLNetwork
@@ -146,7 +146,7 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         checkpoint_path=Path(output_dir) / checkpoint.FILENAME if output_dir else None,
     )
     if session.checkpoint_path and session.checkpoint_path.exists():
-        _resume(session, checkpoint.load(session.checkpoint_path))
+        _resume(session, checkpoint.load(session.checkpoint_path, config=config.to_dict()))
     return session
 
 
@@ -203,11 +203,6 @@ def _schedules(cfg: TrialConfig, steps: int, world_size: int) -> Schedules:
 
 
 def _resume(s: Session, state: dict[str, Any]) -> None:
-    if state["config"] != s.config.to_dict():
-        raise HSSLError(
-            f"checkpoint {s.checkpoint_path} was written by another configuration; "
-            "use a fresh output directory or the same settings"
-        )
     s.network.load_state_dict(state["student"])
     s.teacher.load_state_dict(state["teacher"])
     s.objective.load_state_dict(state["objective"])

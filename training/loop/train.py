@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from training.data import iterate_batches
 from training.errors import HSSLError, TrainingError
@@ -27,6 +26,7 @@ from training.objective.masking import sample_masks
 from training.recipe import TrialConfig, TrialResult
 from training.runtime import runlog
 from training.runtime.device import is_out_of_memory, peak_memory_mb, seed_everything
+from training.runtime.progress import epoch_bar
 
 Report = Callable[[int, dict[str, Any]], bool]
 OnStep = Callable[[dict[str, Any]], None]
@@ -169,13 +169,8 @@ def train_one_epoch(
         world_size=rt.world_size,
         num_workers=cfg.num_workers,
     )
-    bar = tqdm(
-        batches,
-        total=s.steps_per_epoch,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not (progress and rt.main),
-        leave=False,
-        dynamic_ncols=True,
+    bar = epoch_bar(
+        batches, s.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and rt.main
     )
     t0 = last = fetched = time.perf_counter()
     for it, (images, _) in enumerate(bar):

@@ -23,14 +23,21 @@ def save(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save` (tensors and plain Python data only)."""
+def load(path: str | Path, *, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save` (tensors and plain Python data only); with
+    ``config``, one a resumed run may continue: written by that same configuration."""
     path = Path(path)
     if not path.is_file():
         raise HSSLError(f"checkpoint {path} does not exist; pass the file a run wrote")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn or foreign file
         raise HSSLError(
             f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})"
         ) from None
+    if config is not None and state.get("config") != config:
+        raise HSSLError(
+            f"checkpoint {path} was written by another configuration; use a fresh output "
+            "folder or the same settings"
+        )
+    return state
