@@ -134,7 +134,7 @@ def _module_app() -> FastAPI:
     dispatcher of ``hssl serve`` claims it). Nothing connects before the first request."""
     settings = get_settings()
     dispatcher = None
-    if (settings.database_url or "").startswith("postgresql") and settings.local_workers == 0:
+    if settings.hands_searches_to_procrastinate:
         from service.jobs.tasks import ProcrastinateDispatcher
 
         dispatcher = ProcrastinateDispatcher(settings)

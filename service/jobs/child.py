@@ -28,8 +28,9 @@ import uuid
 from typing import Any
 
 from service.jobs.execute import Flag, fail_search
-from service.jobs.shards import Announce, ShardJob
+from service.jobs.shards import Announce
 from service.persistence.db import engine_of
+from service.persistence.jobs import HeldJob
 from service.persistence.settings import Settings
 from service.statuses import Outcome
 from training.errors import exc_line
@@ -47,7 +48,7 @@ def execute_in_child(
     search_id: uuid.UUID,
     *,
     interrupt: Flag | None = None,
-    job: ShardJob | None = None,
+    job: HeldJob | None = None,
     announce: Announce | None = None,
     memory_limit_mb: int | None = None,
 ) -> str:
@@ -76,7 +77,7 @@ def execute_in_child(
     return fail_search(engine_of(settings), search_id, reason)
 
 
-def _start(settings: Settings, search_id: uuid.UUID, job: ShardJob | None, memory: int | None):
+def _start(settings: Settings, search_id: uuid.UUID, job: HeldJob | None, memory: int | None):
     """The started child, the parent's end of its pipe and the child's stop event."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
@@ -159,7 +160,7 @@ class _Sender:
 def _child_main(
     settings: Settings,
     search_id: uuid.UUID,
-    job: ShardJob | None,
+    job: HeldJob | None,
     memory_limit_mb: int | None,
     stop,
     conn,

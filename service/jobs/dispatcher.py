@@ -30,9 +30,9 @@ class Dispatcher(Protocol):
 
 
 def make_dispatcher(settings: Settings) -> Dispatcher:
-    """LocalDispatcher when settings.local_workers > 0 or the database is SQLite, else
-    ProcrastinateDispatcher (``hssl worker`` processes run the searches)."""
-    if settings.local_workers > 0 or not settings.is_postgres:
+    """ProcrastinateDispatcher when the settings hand searches to procrastinate (``hssl worker``
+    processes run them), else LocalDispatcher."""
+    if not settings.hands_searches_to_procrastinate:
         from service.jobs.local import LocalDispatcher
 
         return LocalDispatcher(settings, max(1, settings.local_workers))

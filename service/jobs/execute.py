@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import Engine
 
 from search.jsonable import plain_json
-from service.jobs.shards import Announce, ShardClaims, ShardJob, fan_out, is_last_shard
+from service.jobs.shards import Announce, ShardClaims, fan_out, is_last_shard
 from service.persistence import store
 from service.persistence.db import engine_of, retrying, session_scope
+from service.persistence.jobs import HeldJob
 from service.persistence.models import Search
 from service.persistence.settings import Settings
 from service.statuses import FINAL, FINAL_STATUS_AFTER, Outcome, SearchStatus
@@ -172,7 +173,7 @@ def execute_search(
     search_id: uuid.UUID | str,
     *,
     interrupt: Flag | None = None,
-    job: ShardJob | None = None,
+    job: HeldJob | None = None,
     announce: Announce | None = None,
     memory_limit_mb: int | None = None,
 ) -> str:
@@ -218,7 +219,7 @@ def _execute(
     engine: Engine,
     sid: uuid.UUID,
     interrupt: Flag | None,
-    job: ShardJob | None,
+    job: HeldJob | None,
     announce: Announce | None,
     memory_limit_mb: int | None = None,
 ) -> str:
@@ -276,7 +277,7 @@ def _shard_options(
     settings: Settings,
     engine: Engine,
     sid: uuid.UUID,
-    job: ShardJob | None,
+    job: HeldJob | None,
     poll: CancelPoll,
     announce: Announce | None,
 ) -> dict[str, Any]:

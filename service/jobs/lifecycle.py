@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from service.jobs.execute import Flag, execute_search, one_line
-from service.jobs.shards import Announce, ShardJob
+from service.jobs.shards import Announce
 from service.persistence import jobs
 from service.persistence.db import engine_of, session_scope
 from service.persistence.settings import Settings
@@ -67,19 +65,9 @@ class Heartbeat:
         self._thread.join(timeout=10)
 
 
-@dataclass(frozen=True)
-class HeldJob:
-    """A ``jobs`` row this worker holds ``running``: one shard of one search."""
-
-    id: int
-    search_id: uuid.UUID
-    shard: int
-    worker: str
-
-
 def run_held_job(
     settings: Settings,
-    job: HeldJob,
+    job: jobs.HeldJob,
     *,
     interrupt: Flag | None,
     announce: Announce | None,
@@ -94,7 +82,7 @@ def run_held_job(
             settings,
             job.search_id,
             interrupt=AnyOf(interrupt, beat.lost),
-            job=ShardJob(job.id, job.shard),
+            job=job,
             announce=announce,
             memory_limit_mb=memory_limit_mb,
         )
@@ -105,7 +93,7 @@ def run_held_job(
     return outcome
 
 
-def record_outcome(settings: Settings, job: HeldJob, outcome: str) -> None:
+def record_outcome(settings: Settings, job: jobs.HeldJob, outcome: str) -> None:
     """Interrupted: the row goes back to the queue; otherwise it is finished. A database
     failure here leaves it running, and the stale sweep takes it back."""
     try:

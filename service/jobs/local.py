@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from service.jobs import slots
 from service.jobs.child import execute_in_child
 from service.jobs.execute import one_line
-from service.jobs.lifecycle import HeldJob, record_outcome, run_held_job
+from service.jobs.lifecycle import record_outcome, run_held_job
 from service.persistence import jobs
 from service.persistence.db import engine_of, session_scope
 from service.persistence.settings import Settings
@@ -37,9 +37,7 @@ MEASURE_TIMEOUT_S = 300.0  # for the GPU's memory (a spawned process imports tor
 
 @dataclass
 class _Running:
-    job_id: int
-    search_id: uuid.UUID
-    worker: str
+    job: jobs.HeldJob
     interrupt: threading.Event = field(default_factory=threading.Event)
 
 
@@ -104,7 +102,7 @@ class LocalDispatcher:
     def running(self) -> dict[int, uuid.UUID]:
         """Job id → search id of the searches this process runs now."""
         with self._lock:
-            return {r.job_id: r.search_id for r in self._running.values()}
+            return {r.job.id: r.job.search_id for r in self._running.values()}
 
     # ---- internals ----------------------------------------------------------------------
     def worker_id(self, slot: int) -> str:
@@ -145,20 +143,19 @@ class LocalDispatcher:
                 continue
             self._run(job)
 
-    def _run(self, job: jobs.Claimed) -> None:
-        run = _Running(job.id, job.search_id, job.worker)
-        held = HeldJob(job.id, job.search_id, job.shard, job.worker)
+    def _run(self, job: jobs.HeldJob) -> None:
+        run = _Running(job)
         with self._lock:
             stopping = self._stopping.is_set()
             if not stopping:
                 self._running[job.id] = run
         if stopping:  # claimed just as we stop: hand it back untouched
-            record_outcome(self.settings, held, Outcome.INTERRUPTED)
+            record_outcome(self.settings, job, Outcome.INTERRUPTED)
             return
         try:
             run_held_job(
                 self.settings,
-                held,
+                job,
                 interrupt=run.interrupt,
                 announce=lambda added: self.submitted(job.search_id, job.queue),
                 memory_limit_mb=self.memory_limit_mb(),

@@ -15,7 +15,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -30,14 +29,6 @@ CAPPED_POLL_S = 2.0
 Announce = Callable[[list[tuple[int, str]]], None]  # new (shard, queue) pairs → dispatcher
 
 
-@dataclass(frozen=True)
-class ShardJob:
-    """The job a shard runs as: its row id and its number within the search."""
-
-    id: int
-    shard: int = 0
-
-
 class ShardClaims:
     """``search.claims.Claims`` on our ``search_runs`` table for one shard job."""
 
@@ -47,7 +38,7 @@ class ShardClaims:
         self,
         engine: Engine,
         search_id: uuid.UUID,
-        job: ShardJob,
+        job: jobs.HeldJob,
         stop: Callable[[], bool],
         poll_s: float = CAPPED_POLL_S,
     ) -> None:
@@ -100,7 +91,7 @@ def fan_out(
     return grow
 
 
-def is_last_shard(engine: Engine, search_id: uuid.UUID, job: ShardJob) -> bool:
+def is_last_shard(engine: Engine, search_id: uuid.UUID, job: jobs.HeldJob) -> bool:
     """Election after a shard ran out of runs (``service.persistence.jobs.finish_shard``)."""
 
     def elect() -> bool:

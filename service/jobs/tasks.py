@@ -38,7 +38,7 @@ from procrastinate.jobs import Status
 from sqlalchemy.engine import make_url
 
 from service.jobs.execute import one_line
-from service.jobs.lifecycle import HeldJob, run_held_job
+from service.jobs.lifecycle import run_held_job
 from service.persistence import jobs
 from service.persistence.db import engine_of, session_scope
 from service.persistence.settings import Settings
@@ -112,7 +112,7 @@ def run_job(
         return JobStatus.DONE
     return run_held_job(
         settings,
-        HeldJob(job_id, search_id, shard, worker),
+        jobs.HeldJob(job_id, search_id, worker, shard=shard),
         interrupt=interrupt,
         announce=lambda added: defer_shards(settings, search_id, added),
         memory_limit_mb=memory_limit_mb,

@@ -38,20 +38,24 @@ NO_SYNC = {"synchronize_session": False}
 
 
 @dataclass(frozen=True)
-class Claimed:
+class HeldJob:
+    """A ``jobs`` row a worker holds ``running``: one shard of one search (what ``claim_job``
+    returns; a procrastinate task builds it once it has marked its row running). The one
+    record of a held job, from the claim to the shard's claims on its runs."""
+
     id: int
     search_id: uuid.UUID
-    queue: str
-    attempts: int
     worker: str
     shard: int = 0
+    queue: str = ""
+    attempts: int = 0
 
 
 def _is_postgres(s: Session) -> bool:
     return s.get_bind().dialect.name == "postgresql"
 
 
-def claim_job(s: Session, queue: str | None, worker_id: str) -> Claimed | None:
+def claim_job(s: Session, queue: str | None, worker_id: str) -> HeldJob | None:
     """Take the oldest ``queued`` job of ``queue`` (None: any queue) for ``worker_id``.
 
     One statement: ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)`` on
@@ -75,7 +79,9 @@ def claim_job(s: Session, queue: str | None, worker_id: str) -> Claimed | None:
     row = s.execute(stmt).first()
     if row is None:
         return None
-    return Claimed(row.id, row.search_id, row.queue, row.attempts, worker_id, row.shard)
+    return HeldJob(
+        row.id, row.search_id, worker_id, shard=row.shard, queue=row.queue, attempts=row.attempts
+    )
 
 
 def heartbeat(s: Session, job_id: int, worker_id: str) -> bool:

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         return self.resolved_database_url.startswith("postgresql")
 
     @property
+    def hands_searches_to_procrastinate(self) -> bool:
+        """The one dispatcher choice: on PostgreSQL with no local workers a new search is
+        deferred to procrastinate (``hssl worker`` runs it); otherwise the job row is the
+        queue and a local dispatcher's threads claim it."""
+        return self.is_postgres and self.local_workers == 0
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
