@@ -60,7 +60,8 @@ class Settings(BaseSettings):
 
     @property
     def is_postgres(self) -> bool:
-        return self.resolved_database_url.startswith("postgresql")
+        """Without touching the data folder (the default URL is SQLite's, made on demand)."""
+        return (self.database_url or "").startswith("postgresql")
 
     @property
     def hands_searches_to_procrastinate(self) -> bool:
