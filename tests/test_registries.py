@@ -109,3 +109,50 @@ def test_a_new_metric_is_one_registration() -> None:
 
     proc = subprocess.run([sys.executable, "-c", NEW_METRIC], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+NEW_STRATEGY = """
+import search.strategy as st
+from search.strategies.independent import Independent
+
+@st.register
+class FirstSeedOnly(Independent):  # one new module's worth: a class and its registration
+    name = "first-seed"
+    summary = "independent runs on the first seed only"
+
+    def planned_trials(self, spec):
+        return self.candidates(spec)
+
+from search.run import run_search, use_trial_runner
+from search.spec import SearchSpec, planned_trials
+from training.recipe import TrialResult
+
+def stand_in(config, report=None, **_):
+    d_kl = 0.1 * len(config.heads[0].label()) if config.heads else 0.0
+    return TrialResult(status="completed", epochs_done=1,
+                       metrics={"knn_cls": 0.5, "d_kl": d_kl, "heads": []})
+
+use_trial_runner(stand_in)
+spec = SearchSpec.model_validate({
+    "strategy": "first-seed", "objectives": ["d_kl"], "include_baseline": False,
+    "data": "synthetic", "space": {"heads": ["mlp:depth=1", "convnext:depth=1,kernel=3"]},
+    "budget": {"seeds": 1}})
+assert "first-seed" in SearchSpec.model_json_schema()["properties"]["strategy"]["enum"]
+assert planned_trials(spec) == 2 and st.strategy_of(spec).directions(spec) == ["maximize"]
+outcome = run_search(spec, sys.argv[1], progress=False)
+assert outcome.status == "completed" and outcome.ranking["heads"], outcome
+print("ok")
+"""
+
+
+def test_a_new_strategy_is_one_registration(tmp_path) -> None:
+    """A strategy declared as one registered class (here in the test, as a module added to
+    search/strategies/ would be) is a spec literal, plans, has directions, runs and reports."""
+    import subprocess
+    import sys
+
+    code = "import sys\n" + NEW_STRATEGY
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
