@@ -75,7 +75,7 @@ def _train(
         s.history.append(record)
         s.epochs_done = epoch + 1
         s.save(record)
-        stop = s.broadcast_flag(bool(report(epoch + 1, record)) if report and rt.main else False)
+        stop = rt.broadcast_flag(bool(report(epoch + 1, record)) if report and rt.main else False)
         if stop and epoch + 1 < cfg.epochs:
             return _result(s, "stopped", started, images / max(train_time, 1e-9))
     return _result(s, "completed", started, images / max(train_time, 1e-9))

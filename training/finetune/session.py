@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from torch import nn
 
@@ -83,13 +82,6 @@ class FinetuneSession:
             return
         checkpoint.save(self.checkpoint_path, self.state())
         runlog.append(self.output_dir / LOG_NAME, record)
-
-    def broadcast_flag(self, flag: bool) -> bool:
-        if self.runtime.world_size == 1:
-            return flag
-        value = torch.tensor([int(flag)], device=self.runtime.device)
-        dist.broadcast(value, src=0)
-        return bool(value.item())
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from training.data import ImageSet, TwoCropAugment, num_batches, open_dataset, stratified_subset
@@ -79,13 +78,6 @@ class Session:
 
     def ema(self, momentum: float) -> None:
         ema_update(self.teacher, self.network, momentum)
-
-    def broadcast_flag(self, flag: bool) -> bool:
-        if self.runtime.world_size == 1:
-            return flag
-        value = torch.tensor([int(flag)], device=self.runtime.device)
-        dist.broadcast(value, src=0)
-        return bool(value.item())
 
     def state(self) -> dict[str, Any]:
         return {

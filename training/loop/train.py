@@ -244,7 +244,7 @@ def train_step(
 def _report(s: Session, report: Report | None, epoch: int, metrics: dict[str, Any]) -> bool:
     """Call the report callback on rank 0 and share its decision with every rank."""
     stop = bool(report(epoch, metrics)) if (report and s.runtime.main) else False
-    return s.broadcast_flag(stop)
+    return s.runtime.broadcast_flag(stop)
 
 
 def _restart_log(s: Session) -> None:

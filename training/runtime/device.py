@@ -30,6 +30,14 @@ class Runtime:
     def main(self) -> bool:
         return self.rank == 0
 
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (a stop decision all ranks must share)."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast where enabled (the norm on GPU); a no-op otherwise."""
         if not self.bf16:
