@@ -124,6 +124,9 @@ class TrialConfig:
     precision: str = "auto"
     num_workers: int = 0
     checkpoint_every: int = 1
+    # torch.compile the student and the teacher (their forward passes): the first step pays the
+    # compilation (logged as the phase ``compile``); worth it only for runs of many steps
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self._check_sizes()

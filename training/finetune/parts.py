@@ -39,16 +39,19 @@ def scaled_lr(lr_per_256: float, effective_batch: int) -> float:
     return lr_per_256 * effective_batch / 256.0
 
 
-def make_optimizer(model: nn.Module, config: FinetuneConfig, lr: float) -> Optimizer:
+def make_optimizer(
+    model: nn.Module, config: FinetuneConfig, lr: float, **options: bool
+) -> Optimizer:
     """AdamW through timm's factory: biases, norms and ``no_weight_decay()`` tensors undecayed;
     with ``layer_decay`` the groups of ``param_groups_layer_decay`` (each with its
-    ``lr_scale``, which timm's schedulers apply)."""
+    ``lr_scale``, which timm's schedulers apply). ``options``: the runtime's (fused on CUDA)."""
     return create_optimizer_v2(
         model,
         opt="adamw",
         lr=lr,
         weight_decay=config.weight_decay,
         layer_decay=config.layer_decay,
+        **options,
     )
 
 

@@ -27,7 +27,14 @@ from training.finetune.data import decode_size
 from training.finetune.init import InitWeights, load_init
 from training.finetune.resolve import image_size
 from training.runtime import checkpoint, runlog
-from training.runtime.device import Runtime, place, resolve, seed_everything, wrap_distributed
+from training.runtime.device import (
+    Runtime,
+    optimizer_options,
+    place,
+    resolve,
+    seed_everything,
+    wrap_distributed,
+)
 
 CHECKPOINT_NAME = "finetune.pt"
 LOG_NAME = "finetune.jsonl"
@@ -126,7 +133,7 @@ def build_session(
             f"optimiser step of {config.batch_size} x {accum} per process; lower the batch"
         )
     peak_lr = parts.scaled_lr(config.lr, config.batch_size * accum * runtime.world_size)
-    optimizer = parts.make_optimizer(network, config, peak_lr)
+    optimizer = parts.make_optimizer(network, config, peak_lr, **optimizer_options(runtime))
     ema = ModelEmaV3(network, decay=config.ema_decay) if config.ema_decay else None
     model = wrap_distributed(network, runtime)
     session = FinetuneSession(

@@ -28,6 +28,8 @@ from training.runtime import checkpoint, runlog
 from training.runtime.device import (
     Runtime,
     channels_last,
+    compile_in_place,
+    optimizer_options,
     place,
     resolve,
     seed_everything,
@@ -118,7 +120,14 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
     network = _network(config, runtime)
     teacher = make_teacher(network)
     objective = _objective(config).to(runtime.device)
-    optimizer = torch.optim.AdamW(param_groups(network), lr=0.0, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        param_groups(network),
+        lr=0.0,
+        weight_decay=config.weight_decay,
+        **optimizer_options(runtime),
+    )
+    if config.compile:
+        compile_in_place(network, teacher)
     steps = _steps_per_epoch(config, train_set, runtime.world_size)
     session = Session(
         config=config,

@@ -175,7 +175,8 @@ def train_one_epoch(
     t0 = last = fetched = time.perf_counter()
     for it, (images, _) in enumerate(bar):
         s.phases.add("data", time.perf_counter() - fetched)
-        with s.phases("train_step"):
+        first = cfg.compile and epoch == s.start_epoch and it == 0  # compiles, then steps
+        with s.phases("compile" if first else "train_step"):
             parts = train_step(s, images, epoch, it, gen, mask_rng, teacher_temp)
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
