@@ -145,3 +145,19 @@ def test_resumed_log_equals_an_uninterrupted_runs_without_duplicates(tmp_path):
             assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
         else:
             assert got[key] == value, key
+
+
+def test_a_checkpoint_from_before_a_new_knob_resumes_when_the_knob_is_at_its_default():
+    """An upgrade that adds a TrialConfig field does not orphan a run that never set it; a
+    checkpoint of another setting is still refused."""
+    from training.fields import same_config
+    from training.recipe import TrialConfig
+
+    config = TrialConfig(seed=3)
+    older = config.to_dict()
+    del older["compile"]  # written before the field existed
+    assert same_config(TrialConfig, older, config)
+    assert not same_config(TrialConfig, older, TrialConfig(seed=3, compile=True))
+    assert not same_config(TrialConfig, {**older, "seed": 4}, config)
+    assert not same_config(TrialConfig, {**older, "gone": 1}, config)  # a field since removed
+    assert not same_config(TrialConfig, None, config)

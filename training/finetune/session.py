@@ -187,7 +187,7 @@ def _start_or_resume(s: FinetuneSession, resume: bool) -> None:
             f"{path} exists: pass --resume (resume=True) to continue that run, or choose "
             "another output folder"
         )
-    state = checkpoint.load(path, config=s.config.to_dict())
+    state = checkpoint.load(path, config=s.config)
     s.network.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])

@@ -147,7 +147,7 @@ def build_session(config: TrialConfig, output_dir: str | Path | None) -> Session
         checkpoint_path=Path(output_dir) / checkpoint.FILENAME if output_dir else None,
     )
     if session.checkpoint_path and session.checkpoint_path.exists():
-        _resume(session, checkpoint.load(session.checkpoint_path, config=config.to_dict()))
+        _resume(session, checkpoint.load(session.checkpoint_path, config=config))
     return session
 
 

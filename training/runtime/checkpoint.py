@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from training.errors import HSSLError
+from training.fields import same_config
 
 FILENAME = "checkpoint.pt"
 
@@ -23,9 +24,10 @@ def save(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load(path: str | Path, *, config: dict[str, Any] | None = None) -> dict[str, Any]:
+def load(path: str | Path, *, config: Any = None) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save` (tensors and plain Python data only); with
-    ``config``, one a resumed run may continue: written by that same configuration."""
+    ``config`` (a TrialConfig or FinetuneConfig), one a resumed run may continue: written by
+    that same configuration (``training.fields.same_config``)."""
     path = Path(path)
     if not path.is_file():
         raise HSSLError(f"checkpoint {path} does not exist; pass the file a run wrote")
@@ -35,7 +37,7 @@ def load(path: str | Path, *, config: dict[str, Any] | None = None) -> dict[str,
         raise HSSLError(
             f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})"
         ) from None
-    if config is not None and state.get("config") != config:
+    if config is not None and not same_config(type(config), state.get("config"), config):
         raise HSSLError(
             f"checkpoint {path} was written by another configuration; use a fresh output "
             "folder or the same settings"
