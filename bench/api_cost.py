@@ -97,6 +97,16 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> No
     raise RuntimeError("the server did not answer /healthz in time")
 
 
+def stop_server(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def cpu_per_request(client: httpx.Client, pid: int, paths: dict[str, str], n: int) -> dict:
     """Server CPU per request (microseconds) of each ``GET path`` over ``n`` keep-alive
     requests each, interleaved in blocks of ``BLOCK`` so that the machine's other load weighs
@@ -181,12 +191,7 @@ def main() -> None:
                 "ratio_rounds": [round(x, 2) for x in ratios],
             }
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc)
             log.close()
     print(json.dumps(result))
 

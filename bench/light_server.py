@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,13 @@ import time
 from pathlib import Path
 
 import httpx
+from api_cost import (  # the API bench's tools (it puts the checkout on sys.path)
+    ReservedPort,
+    hssl,
+    memory_mb,
+    stop_server,
+    wait_healthy,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HSSL = Path(sys.executable).parent / "hssl"
@@ -48,39 +54,22 @@ SPEC = {  # a joint run of three tiny heads on a tiny ViT: seconds of training
 }
 
 
-def hssl(env: dict[str, str], *args: str) -> dict:
-    """Run ``hssl <args>`` (an admin command) and parse the JSON it prints."""
-    proc = subprocess.run([str(HSSL), *args], env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise RuntimeError(f"hssl {' '.join(args)} failed: {proc.stderr.strip()}")
-    return json.loads(proc.stdout)
-
-
-def status_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no {field} for {pid}")
-
-
 def torch_mapped(pid: int) -> bool:
     maps = Path(f"/proc/{pid}/maps").read_text()
     return "libtorch" in maps or "torch/lib" in maps
 
 
-def wait_until(check, proc: subprocess.Popen, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
+def wait_for_search(client: httpx.Client, path: str, proc: subprocess.Popen) -> str:
+    """The search's final status (polled every 0.5 s; fails if the server exits)."""
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"hssl serve exited with {proc.returncode} waiting for {what}")
-        try:
-            value = check()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out waiting for {what}")
+            raise RuntimeError(f"hssl serve exited with {proc.returncode} during the search")
+        status = client.get(path).json()["status"]
+        if status in FINAL:
+            return status
+        time.sleep(0.5)
+    raise RuntimeError("timed out waiting for the search")
 
 
 def measure(env: dict[str, str], port: int, key: str, cwd: str) -> dict:
@@ -91,41 +80,29 @@ def measure(env: dict[str, str], port: int, key: str, cwd: str) -> dict:
         [str(HSSL), "serve", "--port", str(port)], env=env, cwd=cwd, stdout=log, stderr=log
     )
     try:
-        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, proc, 120, "/healthz")
+        wait_healthy(url, proc)
         result = {"start_s": round(time.monotonic() - started, 2)}
-        rss = {"started": status_mb(proc.pid)}
+        rss = {"started": round(memory_mb(proc.pid), 1)}
         headers = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
             posted = time.monotonic()
             created = client.post("/v1/searches", json=SPEC)
             if created.status_code != 202:
                 raise RuntimeError(f"submit: {created.status_code} {created.text[:300]}")
-            rss["submitted"] = status_mb(proc.pid)
+            rss["submitted"] = round(memory_mb(proc.pid), 1)
             path = f"/v1/searches/{created.json()['id']}"
-            status = wait_until(
-                lambda: (s := client.get(path).json()["status"]) in FINAL and s,
-                proc,
-                900,
-                "the search",
-                every=0.5,
-            )
+            status = wait_for_search(client, path, proc)
             result.update(search_s=round(time.monotonic() - posted, 1), status=status)
             for part in ("ranking", "recommendation"):
                 answer = client.get(f"{path}/{part}")
                 if answer.status_code != 200:
                     raise RuntimeError(f"GET {part}: {answer.status_code} {answer.text[:300]}")
-            rss["read"] = status_mb(proc.pid)
-        result.update(
-            rss_mb=rss, hwm_mb=status_mb(proc.pid, "VmHWM"), torch_mapped=torch_mapped(proc.pid)
-        )
+            rss["read"] = round(memory_mb(proc.pid), 1)
+        hwm = round(memory_mb(proc.pid, "VmHWM"), 1)
+        result.update(rss_mb=rss, hwm_mb=hwm, torch_mapped=torch_mapped(proc.pid))
         return result
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc, timeout=60)
         log.close()
 
 
@@ -141,10 +118,8 @@ def main() -> None:
         hssl(env, "migrate")
         hssl(env, "tenants", "create", "bench")
         key = hssl(env, "keys", "create", "--tenant", "bench")["key"]
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        result = {"bench": "light_server", **measure(env, port, key, tmp)}
+        with ReservedPort() as port:  # held until hssl serve binds it
+            result = {"bench": "light_server", **measure(env, port, key, tmp)}
     print(json.dumps(result))
 
 
